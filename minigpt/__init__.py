@@ -1,0 +1,28 @@
+"""minigpt: a GPT derived formula by formula, small enough to read and complete enough to train.
+
+The package follows the course, one module per concept:
+
+    tokenizer    01  characters, bytes, byte-pair encoding, GPT-2's tokenizer
+    data         02  corpora, token files, batch samplers
+    attention    03-04  scaled dot-product attention, multi-head attention, KV cache
+    positional   05  sinusoidal, learned and rotary position encodings
+    layers       06  layer norm, feed-forward, the transformer block
+    model        07  GPTConfig and GPT
+    train        08  the training loop
+    generate     09  sampling: greedy, temperature, top-k, top-p
+    lora, finetune  10  low-rank adapters and instruction finetuning
+    hf           11  Hugging Face GPT-2 weights in and out
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["GPT", "GPTConfig", "__version__"]
+
+
+def __getattr__(name):
+    # Imported lazily so that `import minigpt.tokenizer` does not pay for torch.
+    if name in ("GPT", "GPTConfig"):
+        from minigpt import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'minigpt' has no attribute {name!r}")
