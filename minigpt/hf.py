@@ -49,7 +49,9 @@ _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu
 def config_from_hf(hf: dict, **overrides) -> GPTConfig:
     """GPTConfig for a Hugging Face GPT-2 `config.json` dictionary."""
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"expected a GPT-2 config (model_type 'gpt2'), got {hf.get('model_type')!r}")
+        raise ValueError(
+            f"expected a GPT-2 config (model_type 'gpt2'), got {hf.get('model_type')!r}"
+        )
     if hf.get("add_cross_attention") or hf.get("scale_attn_by_inverse_layer_idx"):
         raise ValueError("this GPT-2 variant uses cross-attention or layer-scaled attention, "
                          "which minigpt does not implement")

@@ -78,7 +78,9 @@ class GPTConfig:
                 f"n_embd / n_head = {self.n_embd // self.n_head} must be even"
             )
         if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
-            raise ValueError(f"GPTConfig: pos_encoding='sinusoidal' needs an even n_embd, got {self.n_embd}")
+            raise ValueError(
+                f"GPTConfig: pos_encoding='sinusoidal' needs an even n_embd, got {self.n_embd}"
+            )
         if self.norm_position not in ("pre", "post"):
             raise ValueError(f"GPTConfig.norm_position={self.norm_position!r}: use 'pre' or 'post'")
         if self.activation not in ("gelu_tanh", "gelu"):
@@ -183,7 +185,8 @@ class GPT(nn.Module):
                 "(generate() does this for you) or raise block_size"
             )
         # A value check needs the ids on the host; on accelerators it would cost a sync per step.
-        if idx.device.type == "cpu" and idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+        on_host = idx.device.type == "cpu" and idx.numel() > 0
+        if on_host and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(
                 f"token ids must lie in [0, {self.config.vocab_size}), got min {int(idx.min())} "
                 f"and max {int(idx.max())}; the tokenizer and GPTConfig.vocab_size disagree"

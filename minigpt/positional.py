@@ -62,7 +62,7 @@ class SinusoidalPositionalEncoding(nn.Module):
 
 
 class LearnedPositionalEncoding(nn.Module):
-    """One trained vector per position (GPT-2's `wpe`, eq. 5.4); cannot extrapolate past n_positions."""
+    """One trained vector per position (GPT-2's `wpe`, eq. 5.4); none exists past n_positions."""
 
     def __init__(self, n_positions: int, dim: int):
         super().__init__()
