@@ -537,11 +537,17 @@ def load_tokenizer(path_or_name) -> Tokenizer:
         )
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-        kind = spec["type"]
+        spec["type"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise ValueError(
             f"{path} is not a saved tokenizer: expected JSON with a 'type' of {list(_TYPES)}"
         ) from None
+    return tokenizer_from_dict(spec, source=str(path))
+
+
+def tokenizer_from_dict(spec: dict, source: str = "tokenizer spec") -> Tokenizer:
+    """The tokenizer described by `to_dict()`'s output."""
+    kind = spec.get("type")
     if kind in _NAMES:
         return _NAMES[kind]()
     if kind == "char":
@@ -552,7 +558,7 @@ def load_tokenizer(path_or_name) -> Tokenizer:
             pattern=spec["pattern"],
             special_tokens=spec.get("special_tokens") or {},
         )
-    raise ValueError(f"{path}: unknown tokenizer type {kind!r}; expected one of {list(_TYPES)}")
+    raise ValueError(f"{source}: unknown tokenizer type {kind!r}; expected one of {list(_TYPES)}")
 
 
 def compression_ratio(tokenizer: Tokenizer, text: str) -> float:

@@ -1,0 +1,1 @@
+"""Training presets (TOML), shipped inside the package as minigpt.configs."""

@@ -1,0 +1,74 @@
+"""Checkpoints that survive a crash: atomic writes and loads that fail with a clear message.
+
+A checkpoint is written to a temporary file in the same folder, flushed and fsync'ed, then
+renamed over the old one. A rename within one file system is atomic, so a process killed at any
+moment leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the run it should resume."""
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself lives in the directory entry; syncing the folder makes it durable.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict, path) -> None:
+    """torch.save `state` atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a checkpoint written by `save_checkpoint`, with a clear error if it is damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train first, or check out_dir")
+    try:
+        # weights_only: a checkpoint is data, never code to execute
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+            "delete it to start over, or restore it from a backup"
+        ) from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a minigpt training checkpoint (no 'model' entry)")
+    return state

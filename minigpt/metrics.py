@@ -1,0 +1,64 @@
+"""Measuring a training run: MFU, the metrics log, and the loss curve (notebooks/08, 13)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from minigpt.checkpoint import atomic_write_bytes
+
+
+def mfu(flops_per_token: float, tokens_per_second: float, peak: float | None) -> float | None:
+    """Model FLOP utilisation (eq. 8.5): the share of the accelerator's peak that trains the
+    model. None when the peak of the device is unknown."""
+    if peak is None:
+        return None
+    return flops_per_token * tokens_per_second / peak
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logged step, appended and flushed as it happens."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records logged after the checkpoint: that work is being redone."""
+    records = [r for r in read_metrics(path) if r.get("step", 0) < step or
+               (r.get("step") == step and "loss" in r)]
+    if path.exists():
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def plot_loss_curve(metrics_path, png_path) -> None:
+    """Train and validation loss against step, from metrics.jsonl."""
+    from matplotlib.figure import Figure
+
+    records = read_metrics(metrics_path)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for key, style in (("loss", "-"), ("val_loss", "o-")):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            label = "train (batch)" if key == "loss" else "validation"
+            ax.plot(*zip(*points, strict=True), style, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
