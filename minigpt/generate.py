@@ -130,3 +130,18 @@ def _next_logits(model, idx, caches: list[KVCache] | None, block_size: int) -> t
         window = idx[:, -block_size:]
     hidden = model.hidden_states(window, caches)  # (B, t, C)
     return model.lm_head(hidden[:, -1])  # only the last position is needed: (B, V)
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 0,
+                temperature: float = 0.8, top_k: int | None = 50, top_p=None) -> str:
+    """Decode `max_new_tokens` sampled tokens after `prompt` (seeded)."""
+    ids = tokenizer.encode(prompt) if prompt else []
+    if not ids:  # an empty prompt starts from end-of-text, or a newline
+        ids = [tokenizer.eot_token] if tokenizer.eot_token is not None else tokenizer.encode("\n")
+    device = model.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         generator=generator)
+    new = [t for t in out[0, len(ids):].tolist() if t < tokenizer.vocab_size]
+    return prompt + tokenizer.decode(new)

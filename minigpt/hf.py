@@ -55,6 +55,9 @@ def config_from_hf(hf: dict, **overrides) -> GPTConfig:
     if hf.get("add_cross_attention") or hf.get("scale_attn_by_inverse_layer_idx"):
         raise ValueError("this GPT-2 variant uses cross-attention or layer-scaled attention, "
                          "which minigpt does not implement")
+    if not hf.get("scale_attn_weights", True):
+        raise ValueError("this GPT-2 variant has scale_attn_weights=False (no 1/√d_k in the "
+                         "attention scores), which minigpt does not implement")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"unsupported GPT-2 activation_function {activation!r}; "
@@ -190,8 +193,8 @@ def _download_or_cached(name: str) -> Path:
         raise OSError(
             f"could not load {name!r}: it is not in the Hugging Face cache and the hub is not "
             f"reachable ({type(exc).__name__}). On a machine with network access run "
-            f"`huggingface-cli download {name} config.json model.safetensors` and copy the "
-            "cache, or pass a local folder"
+            f"`hf download {name} config.json model.safetensors` (older huggingface_hub: "
+            "`huggingface-cli download ...`) and copy the cache, or pass a local folder"
         ) from exc
 
 

@@ -58,7 +58,10 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name}={value!r}: must be a positive integer")
-        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
+        n_inner = self.n_inner
+        if n_inner is not None and (
+            not isinstance(n_inner, int) or isinstance(n_inner, bool) or n_inner < 1
+        ):
             raise ValueError(f"GPTConfig.n_inner={self.n_inner!r}: use a positive integer or None")
         if self.n_embd % self.n_head:
             raise ValueError(
@@ -81,6 +84,8 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig: pos_encoding='sinusoidal' needs an even n_embd, got {self.n_embd}"
             )
+        if not self.rope_base > 0:
+            raise ValueError(f"GPTConfig.rope_base={self.rope_base!r}: must be > 0")
         if self.norm_position not in ("pre", "post"):
             raise ValueError(f"GPTConfig.norm_position={self.norm_position!r}: use 'pre' or 'post'")
         if self.activation not in ("gelu_tanh", "gelu"):

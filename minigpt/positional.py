@@ -40,6 +40,8 @@ def sinusoidal_shift_matrix(k: int, dim: int, base: float = 10000.0) -> torch.Te
 
     Block-diagonal: one 2×2 rotation [[cos kω, sin kω], [-sin kω, cos kω]] per frequency.
     """
+    if dim % 2:
+        raise ValueError(f"sinusoidal encoding needs an even dimension, got dim={dim}")
     omega = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
     m = torch.zeros(dim, dim, dtype=torch.float64)
     cos, sin = torch.cos(k * omega), torch.sin(k * omega)
