@@ -28,10 +28,13 @@ def _pyproject() -> dict:
 
 def _environment_packages() -> tuple[set[str], set[str]]:
     """(conda packages, pip packages) named in environment.yml, without python, pip and -e."""
-    conda, pip, in_pip = set(), set(), False
+    conda, pip, in_pip, in_dependencies = set(), set(), False, False
     for line in (ROOT / "environment.yml").read_text().splitlines():
         stripped = line.split("#", 1)[0].rstrip()
-        if not stripped.strip().startswith("- "):
+        if stripped and not stripped.startswith(" "):  # a top-level key: name, channels, ...
+            in_dependencies = stripped.startswith("dependencies:")
+            continue
+        if not in_dependencies or not stripped.strip().startswith("- "):
             continue
         item = stripped.strip()[2:].strip()
         indent = len(stripped) - len(stripped.lstrip())
