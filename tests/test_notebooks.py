@@ -29,7 +29,7 @@ COURSE = {
     "09_sampling": "minigpt.generate",
     "10_finetuning": "minigpt.lora",
     "11_applications": "minigpt.hf",
-    "12_inside_the_black_box": "minigpt.inspect",
+    "12_inside_the_black_box": "minigpt.interpret",
     "13_scaling_up": "minigpt.train",
 }
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
