@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: tqdm.auto needs ipywidgets in notebooks
 
 from minigpt.download import cache_dir, download
 from minigpt.tokenizer import ByteTokenizer, load_tokenizer
