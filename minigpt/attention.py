@@ -167,9 +167,10 @@ class MultiHeadAttention(nn.Module):
         is_causal = start == 0 and T > 1
         dropout_p = self.dropout if self.training else 0.0
         if self.record_weights:
-            y, self.attn_weights = scaled_dot_product_attention(
+            y, weights = scaled_dot_product_attention(
                 q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p, return_weights=True
             )
+            self.attn_weights = weights.detach()  # for plots; must not hold the autograd graph
             return y
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p
