@@ -53,11 +53,14 @@ class SyntheticTokens:
         self.vocab_size, self.device, self.pattern = vocab_size, device, pattern
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.step = 0
-        self.successor = torch.randperm(vocab_size, generator=self.generator, device=device)
+        # the learnable pattern lives on the first 512 ids, so a few steps can show learning
+        self.pattern_vocab = min(vocab_size, 512)
+        self.successor = torch.randperm(self.pattern_vocab, generator=self.generator,
+                                        device=device)
 
     def next_batch(self, device=None):
         if self.pattern:
-            first = torch.randint(0, self.vocab_size, (self.shape[0], 1), device=self.device,
+            first = torch.randint(0, self.pattern_vocab, (self.shape[0], 1), device=self.device,
                                   generator=self.generator)
             columns = [first]
             for _ in range(self.shape[1] - 1):
