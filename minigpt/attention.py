@@ -85,8 +85,10 @@ class KVCache:
 
     def __init__(self, batch_size, n_head, max_len, head_dim, device=None, dtype=None):
         shape = (batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # Uninitialised: only positions below `length` are ever read, and not zeroing the whole
+        # block_size up front saves time and memory traffic on every generate() call.
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
 
     @property

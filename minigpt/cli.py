@@ -138,7 +138,7 @@ def cmd_prepare(args) -> int:
     from minigpt.train import TrainConfig, Trainer
 
     config = configs.build(TrainConfig, args.config, args.settings)
-    data_dir = Trainer.prepare_data(config)
+    data_dir, _ = Trainer.prepare_data(config)
     print(f"token files ready in {data_dir}")
     return 0
 

@@ -30,16 +30,26 @@ class MetricsLog:
 
 
 def read_metrics(path) -> list[dict]:
+    """The records of metrics.jsonl. A last line cut short (the process died while writing it)
+    is skipped; a damaged line anywhere else is an error."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON record ({exc})") from None
+    return records
 
 
 def truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records logged after the checkpoint: that work is being redone."""
-    records = [r for r in read_metrics(path) if r.get("step", 0) < step or
-               (r.get("step") == step and "loss" in r)]
+    records = [r for r in read_metrics(path) if r.get("step", 0) <= step]
     if path.exists():
         atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 

@@ -90,8 +90,8 @@ class TrainConfig:
     compile: bool = False
     progress: bool = True  # a tqdm progress bar
     # the sample printed at the end
-    sample_tokens: int = 200
-    sample_prompt: str = ""
+    sample_tokens: int = 300
+    sample_prompt: str = "def "
 
     def __post_init__(self):
         _check_types(self)
@@ -294,7 +294,7 @@ class Trainer:
             tokenizer = build_tokenizer(config.tokenizer, corpus, saved)
         data_dir = cache_dir() / "tokens" / _slug(f"{corpus.name}-{config.tokenizer}")
         if write:
-            prepare(corpus, tokenizer, data_dir)
+            prepare(corpus, tokenizer, data_dir, progress=config.progress)
         return data_dir, tokenizer
 
     def _build_data(self) -> None:
@@ -392,9 +392,9 @@ class Trainer:
             last = micro == self.grad_accum_steps - 1
             # DDP all-reduces gradients on every backward; only the last micro-batch needs it
             sync = nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
-            with sync, platform.autocast(self.device, self.dtype):
-                _, loss = self.train_model(x, y)
-            with sync:
+            with sync:  # one context for both: no_sync() cannot be entered twice
+                with platform.autocast(self.device, self.dtype):
+                    _, loss = self.train_model(x, y)
                 self.scaler.scale(loss / self.grad_accum_steps).backward()
             total += loss.detach()
         if self.config.grad_clip > 0:
@@ -438,6 +438,8 @@ class Trainer:
             self.tokenizer.save(self.out_dir / "tokenizer.json")
         log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.dist.is_main)
         if self.step == 0:
+            if self.dist.is_main:  # records of a run that died before its first checkpoint
+                log.path.unlink(missing_ok=True)
             log.write({"step": 0, **self.evaluate()})
         checkpoint_every = c.checkpoint_interval or c.eval_interval
         bar = self._progress_bar(stop_at)
@@ -457,7 +459,7 @@ class Trainer:
                     record.update(self.evaluate())
                     self.best_val_loss = min(self.best_val_loss, record.get("val_loss", math.inf))
                 if self.step % checkpoint_every == 0 or self.step == stop_at:
-                    self._check_finite(nonfinite)
+                    self._check_finite(nonfinite, weights=True)
                     self.save()
                 if record:
                     last = {"step": self.step, **record}
@@ -466,7 +468,7 @@ class Trainer:
                     timer.restart(self.step)
                 bar.update(1)
             if self._stop_requested:
-                self._check_finite(nonfinite)
+                self._check_finite(nonfinite, weights=True)
                 self.save()
                 if self.dist.is_main:
                     print(f"\ninterrupted: checkpoint saved at step {self.step} in {self.out_dir}")
@@ -475,12 +477,19 @@ class Trainer:
             plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
         return last
 
-    def _check_finite(self, nonfinite: torch.Tensor) -> None:
-        if bool(nonfinite):
+    def _check_finite(self, nonfinite: torch.Tensor, weights: bool = False) -> None:
+        """Raise TrainingDiverged if a loss so far was NaN/inf, or (before a checkpoint) if the
+        weights are: a step's loss is computed before its update, so it cannot vouch for them."""
+        bad = nonfinite
+        if weights:
+            finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()])
+            bad = bad | ~finite.all()
+        # every rank must agree, or one would raise while the others wait at the next barrier
+        if distributed.mean_across_ranks(bad.float(), self.dist).item() > 0:
             raise TrainingDiverged(
-                f"the loss became NaN or infinite at or before step {self.step}; the last good "
-                f"checkpoint in {self.out_dir} is kept. Lower learning_rate, lengthen "
-                "warmup_iters, keep grad_clip on, or check the data"
+                f"the loss or the weights became NaN or infinite at or before step {self.step}; "
+                f"the last good checkpoint in {self.out_dir} is kept. Lower learning_rate, "
+                "lengthen warmup_iters, keep grad_clip on, or check the data"
             )
 
     def _throughput(self, loss: torch.Tensor, timer: _Timer) -> dict:
@@ -498,7 +507,7 @@ class Trainer:
         return record
 
     def _progress_bar(self, stop_at: int):
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         disable = not (self.config.progress and self.dist.is_main)
         return tqdm(total=stop_at, initial=self.step, disable=disable, desc="train",
