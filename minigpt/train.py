@@ -7,7 +7,8 @@
     MFU = achieved FLOP/s / peak FLOP/s, with FLOPs per token from eq. (7.6)        (eq. 8.5)
 
 `TrainConfig` holds every setting (the CLI and the TOML presets in configs/ fill it) and `Trainer`
-runs the loop on CPU, CUDA or MPS, alone or under torchrun, and resumes exactly.
+runs the loop on CPU, CUDA or MPS, alone or under torchrun, and resumes exactly. What changes on
+a GPU (bf16, compile, data parallelism, MFU) is the subject of notebooks/13_scaling_up.ipynb.
 """
 
 from __future__ import annotations

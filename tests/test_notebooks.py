@@ -106,3 +106,14 @@ def test_notebook_prints_no_machine_paths(path):
             assert not re.search(r"/(root|tmp|work|home|Users)/", text), (
                 f"{path.name} prints a machine path; nbval would fail on another machine"
             )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_nbval_markers_are_ones_nbval_recognises(path):
+    # nbval only honours a comment line that is exactly the marker; anything after it on the
+    # same line silently turns the marker off and the cell is compared strictly.
+    for cell in _code(_load(path)):
+        for line in _source(cell).splitlines():
+            if "NBVAL_" in line:
+                assert re.fullmatch(r"\s*# NBVAL_[A-Z_]+\s*", line), f"{path.name}: {line!r}"
+
