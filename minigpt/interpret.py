@@ -13,10 +13,23 @@ what they can and cannot show.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from minigpt.model import GPT
+
+
+@contextlib.contextmanager
+def _evaluating(model: GPT):
+    """Eval mode (no dropout) for the duration, then the model's previous mode again."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -27,8 +40,8 @@ def attention_maps(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     try:
         for attention in layers:
             attention.record_weights = True
-        model.eval()
-        model(idx)
+        with _evaluating(model):
+            model(idx)
         return torch.stack([a.attn_weights for a in layers])
     finally:
         for attention, flag in zip(layers, previous, strict=True):
@@ -43,8 +56,8 @@ def residual_stream(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     hooks = [model.drop.register_forward_hook(lambda m, i, out: states.append(out))]
     hooks += [b.register_forward_hook(lambda m, i, out: states.append(out)) for b in model.blocks]
     try:
-        model.eval()
-        model(idx)
+        with _evaluating(model):
+            model(idx)
     finally:
         for hook in hooks:
             hook.remove()
@@ -95,14 +108,22 @@ def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, test_fracti
 
 @torch.no_grad()
 def completion_logprob(model: GPT, tokenizer, prompt: str, completion: str) -> float:
-    """log p(completion | prompt) in nats, summed over the completion's tokens (eq. 12.4)."""
+    """log p(completion | prompt) in nats, summed over the completion's tokens (eq. 12.4).
+
+    Prompt and completion are tokenized separately (exact for bytes; with BPE the joined text
+    might tokenize differently). If the two together exceed the context, the *prompt* is cropped
+    from the left, as generation would; a completion longer than the context is an error.
+    """
     prompt_ids, completion_ids = tokenizer.encode(prompt), tokenizer.encode(completion)
     if not prompt_ids or not completion_ids:
         raise ValueError("prompt and completion must both encode to at least one token")
+    if len(completion_ids) > model.config.block_size:
+        raise ValueError(f"the completion has {len(completion_ids)} tokens but the context holds "
+                         f"{model.config.block_size}; score a shorter completion")
     ids = (prompt_ids + completion_ids)[-model.config.block_size - 1:]
     idx = torch.tensor([ids[:-1]], device=model.device)
-    model.eval()
-    logits, _ = model(idx)
+    with _evaluating(model):
+        logits, _ = model(idx)
     logprobs = torch.log_softmax(logits[0].float(), dim=-1)  # (T, V)
     targets = torch.tensor(ids[1:], device=model.device)
     n = len(completion_ids)

@@ -84,3 +84,14 @@ def test_bias_probe_fills_the_template_for_every_label(model):
     assert table["b"][" yz"] == pytest.approx(completion_logprob(model, tokenizer, "Bob is", " yz"))
     with pytest.raises(ValueError, match="template"):
         bias_probe(model, tokenizer, "no slot", {"a": "A"}, [" x"])
+
+
+def test_tools_restore_training_mode_and_refuse_overlong_completions(model):
+    tokenizer = ByteTokenizer()
+    model.train()
+    attention_maps(model, torch.randint(0, 256, (1, 8)))
+    logit_lens(model, torch.randint(0, 256, (1, 8)))
+    completion_logprob(model, tokenizer, "a", "b")
+    assert model.training
+    with pytest.raises(ValueError, match="completion has 40 tokens"):
+        completion_logprob(model, tokenizer, "a", "x" * 40)
