@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import numbers
 
 import torch
 
@@ -81,4 +83,150 @@ def _constant_ratio(actual: torch.Tensor, expected: torch.Tensor) -> float | Non
     ratios = actual[mask] / expected[mask]
     if torch.allclose(ratios, ratios.mean().expand_as(ratios), rtol=1e-3, atol=1e-6):
         return ratios.mean().item()
+    return None
+
+
+def diagnose(actual, mistakes: dict[str, object], rtol: float = 1e-4,
+             atol: float = 1e-5) -> str | None:
+    """The diagnosis of the first typical mistake that `actual` reproduces, or None.
+
+    mistakes: {diagnosis for the learner: the value that mistake produces}. Values are tensors
+    (same shape, within tolerance), numbers (within tolerance) or anything compared with ==.
+    A mistake whose value is None is skipped (it cannot be computed for this input).
+    """
+    for message, value in mistakes.items():
+        if value is not None and _reproduces(actual, value, rtol, atol):
+            return message
+    return None
+
+
+def close_or_diagnose(actual, expected: torch.Tensor, what: str,
+                      mistakes: dict[str, object] | None = None, rtol: float = 1e-4,
+                      atol: float = 1e-5, factors: dict[str, float] | None = None) -> None:
+    """Like `close`, but first name the typical mistake the wrong answer reproduces, if any."""
+    if _reproduces(actual, expected, rtol, atol):
+        return
+    diagnosis = diagnose(actual, mistakes or {}, rtol, atol)
+    if diagnosis is not None:
+        raise CheckFailed(f"{what} is not right: {diagnosis}")
+    close(actual, expected, what, rtol=rtol, atol=atol, factors=factors)
+
+
+def _reproduces(actual, value, rtol: float, atol: float) -> bool:
+    if isinstance(value, torch.Tensor):
+        if not isinstance(actual, torch.Tensor) or tuple(actual.shape) != tuple(value.shape):
+            return False
+        actual = actual.detach().to(value.dtype)
+        return torch.allclose(actual, value, rtol=rtol, atol=atol, equal_nan=True)
+    if isinstance(value, float):
+        if isinstance(actual, torch.Tensor) and actual.numel() == 1:
+            actual = actual.item()
+        if not isinstance(actual, int | float) or isinstance(actual, bool):
+            return False
+        if math.isnan(value) or math.isnan(actual):
+            return math.isnan(value) and math.isnan(actual)
+        return math.isclose(actual, value, rel_tol=rtol, abs_tol=atol)
+    try:
+        return bool(actual == value)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+# ------------------------------------------------------------ numbers, value answers, mistakes
+
+def answered(value, what: str):
+    """A value exercise's answer; `None` (its TODO left in place) becomes a clear message."""
+    if value is None:
+        raise CheckFailed(f"{what} is not answered yet: replace the `None` in its TODO cell with "
+                          "your answer")
+    return value
+
+
+def as_number(value, what: str) -> float:
+    """`value` (a Python number or a one-element tensor) as a finite float."""
+    if value is None:
+        raise CheckFailed(f"{what} is None: a function without a `return`, or a value not "
+                          "filled in?")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise CheckFailed(f"{what} should be one number, got a tensor of shape "
+                              f"{tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise CheckFailed(f"{what} should be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise CheckFailed(f"{what} is {value} (a division by zero, or an overflow?)")
+    return value
+
+
+def show(x: float) -> str:
+    """A number for a message: integers with thousands separators, the rest to 6 digits."""
+    if float(x).is_integer() and abs(x) < 1e16:
+        return f"{int(x):,}"
+    return f"{x:.6g}"
+
+
+def close_number(actual, expected: float, what: str, rel_tol: float = 1e-6,
+                 factors: dict[str, float] | None = None) -> None:
+    """Like `close`, for one number: equal within rel_tol, or a message naming the ratio."""
+    actual = as_number(actual, what)
+    if math.isclose(actual, expected, rel_tol=rel_tol, abs_tol=1e-300):
+        return
+    message = f"{what} is {show(actual)}, expected {show(expected)}"
+    if expected != 0 and actual != 0:
+        ratio = actual / expected
+        message += f": {ratio:.4g} times the right answer"
+        for name, factor in (factors or {}).items():
+            if math.isclose(ratio, factor, rel_tol=1e-3):
+                message += f" — a factor of {name} too large"
+            elif math.isclose(ratio, 1 / factor, rel_tol=1e-3):
+                message += f" — a factor of {name} too small"
+    raise CheckFailed(message)
+
+
+def matches(actual, expected, rtol: float = 1e-6, atol: float = 0.0) -> bool:
+    """Whether two answers agree: numbers, tensors, or (nested) lists and tuples of them."""
+    if isinstance(expected, (list, tuple)):
+        return (isinstance(actual, (list, tuple)) and len(actual) == len(expected)
+                and all(matches(a, e, rtol, atol) for a, e in zip(actual, expected, strict=True)))
+    if isinstance(expected, torch.Tensor):
+        return (isinstance(actual, torch.Tensor) and actual.shape == expected.shape
+                and torch.allclose(actual.detach().to(expected.dtype), expected, rtol=rtol,
+                                   atol=atol))
+    try:
+        return math.isclose(float(actual), float(expected), rel_tol=rtol, abs_tol=atol)
+    except (TypeError, ValueError):
+        return False
+
+
+def combine_mistakes(knobs: dict[str, dict], max_wrong: int = 2):
+    """Every way to get a formula wrong in at most `max_wrong` places, most likely first.
+
+    knobs: {name: {option: None if it is the right option, else what that option gets wrong}}.
+    Yields (description, choice) with choice = {name: option}; the right formula (description
+    "") comes first, then one mistake at a time, then pairs.
+    """
+    right = {name: next(o for o, why in options.items() if why is None)
+             for name, options in knobs.items()}
+    wrong = [(name, option, why) for name, options in knobs.items()
+             for option, why in options.items() if why is not None]
+    yield "", dict(right)
+    for count in range(1, max_wrong + 1):
+        for combo in itertools.combinations(wrong, count):
+            if len({name for name, _, _ in combo}) < count:
+                continue  # two options of the same knob cannot both be chosen
+            choice = dict(right)
+            choice.update({name: option for name, option, _ in combo})
+            yield "; and ".join(why for _, _, why in combo), choice
+
+
+def find_mistake(answers: list, variants, rtol: float = 1e-6, atol: float = 0.0) -> str | None:
+    """The description of the first variant whose results equal all of the learner's answers.
+
+    variants: iterable of (description, results for the same cases as `answers`).
+    """
+    for description, results in variants:
+        if description and matches(answers, results, rtol, atol):
+            return description
     return None
