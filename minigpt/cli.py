@@ -5,6 +5,7 @@
     minigpt train --config tiny max_iters=120 out_dir=runs/a --resume
     minigpt sample out_dir=runs/a prompt="def " max_new_tokens=100 seed=1
     minigpt eval out_dir=runs/a
+    minigpt finetune --method lora base=runs/a data=train.jsonl out_dir=runs/ft
     minigpt prepare --config shakespeare-char
 
 Settings are `KEY=VALUE` pairs on top of `--config NAME_OR_TOML`; `minigpt train --help` lists
@@ -83,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="loss and perplexity of a trained model",
                               epilog=_settings_help(EvalConfig), formatter_class=raw)
     evaluate.add_argument("settings", nargs="*", metavar="KEY=VALUE")
+
+    from minigpt.finetune import FinetuneConfig
+
+    finetune = sub.add_parser(
+        "finetune", help="finetune a model on JSONL examples (LoRA or full)",
+        description="Finetune a base model (a minigpt run, or GPT-2) on instruction, chat or "
+        "classification examples in JSONL; see minigpt/finetune.py for the layouts.",
+        epilog=_settings_help(FinetuneConfig), formatter_class=raw)
+    finetune.add_argument("--method", choices=("lora", "full"), default=None,
+                          help="train LoRA adapters only, or every weight (default: lora)")
+    finetune.add_argument("--config", default=None,
+                          help="a preset (e.g. finetune-gpt2-medium) or a .toml file")
+    finetune.add_argument("--resume", action="store_true",
+                          help="continue the checkpoint in out_dir/train")
+    finetune.add_argument("settings", nargs="*", metavar="KEY=VALUE")
     return parser
 
 
@@ -172,7 +188,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample, "eval": cmd_eval}
+def cmd_finetune(args) -> int:
+    from minigpt.finetune import FinetuneConfig, finetune
+
+    method = [f"method={args.method}"] if args.method else []
+    config = configs.build(FinetuneConfig, args.config, [*args.settings, *method])
+    scores = finetune(config, resume=args.resume)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in scores.items()
+                      if isinstance(v, float) and k != "share")
+    print(f"\n{shown}\nmodel, tokenizer and scores: {config.out_dir}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample, "eval": cmd_eval,
+            "finetune": cmd_finetune}
 
 if __name__ == "__main__":
     sys.exit(main())

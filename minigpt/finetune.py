@@ -1,0 +1,739 @@
+"""Finetuning a pretrained GPT on task data, full or LoRA. Derived in notebooks/10_finetuning.ipynb.
+
+Pretraining maximises the likelihood of every token. Finetuning on instructions keeps the model
+and the loss, but only the answer is to be learned: the prompt is given, not predicted. With an
+example made of prompt tokens P and response tokens R, the instruction loss is
+
+    L = -1/|R| Σ_{t ∈ R} log p_θ(x_t | x_<t)                                           (eq. 10.1)
+
+implemented by setting the targets of prompt positions to -100, which `GPT.forward` leaves out of
+the cross-entropy. For classification the language-model head is replaced by a linear layer on
+the hidden state of each sequence's last real token (it has seen the whole text, causally):
+
+    z = W_c h_{T_b} + b_c,   T_b = last real position of sequence b,   L = CE(z, label)  (eq. 10.2)
+
+LoRA (eqs. 10.3-10.5) lives in `minigpt.lora`. Evaluation scores generated answers against
+references:
+
+    ROUGE-L = 2·P·R / (P + R),  P = LCS / |prediction|,  R = LCS / |reference|           (eq. 10.6)
+    exact match, accuracy = 1/N Σ_i [prediction_i = reference_i]                        (eq. 10.7)
+
+with LCS the longest common subsequence of words (ROUGE-1/2 count shared words/word pairs
+instead). ROUGE comes from `rouge-score`, the reference implementation (pip install
+"minigpt[finetune]").
+
+Data is JSONL, one example per line, in one of three layouts (detected from the first line):
+
+    Alpaca          {"instruction": ..., "input": ... (optional), "output": ...}
+    chat            {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
+                    (the loss covers the assistant turns only)
+    classification  {"text": ..., "label": ...}
+
+The prompt template (`format_prompt`) is plain text, so any tokenizer reads it:
+
+    Instruction: {instruction}
+    Input:                              <- these two lines only when "input" is not empty
+    {input}
+    Response:
+    {output}<end>
+
+<end> is the tokenizer's end-of-text token, or the byte 0x03 (ASCII "end of text") for
+tokenizers without one, such as bytes. A chat is "System: …\\n", "User: …\\n", "Assistant: "
+followed by the answer and <end>, turn after turn.
+
+From the command line (`minigpt finetune --help` lists every setting):
+
+    minigpt train out_dir=runs/tiny                               # a base model, ~2 min on a CPU
+    minigpt finetune --method lora base=runs/tiny data=train.jsonl out_dir=runs/ft
+
+GPT-2 medium (355M) with LoRA on one 24 GB GPU, with network access for the first download (or
+with the weights in the Hugging Face cache); bf16 autocast, sequences up to 512 tokens:
+
+    minigpt finetune --method lora base=gpt2-medium data=train.jsonl out_dir=runs/gpt2m-lora \\
+        dtype=bfloat16 max_length=512 batch_size=8 grad_accum_steps=4 steps=2000 \\
+        rank=16 alpha=32 dropout=0.05 targets=all learning_rate=2e-4 warmup_steps=100 \
+        eval_interval=200
+
+(`minigpt finetune --config finetune-gpt2-medium data=train.jsonl` holds these settings.)
+Full finetuning of gpt2 (124M) fits too: `--method full base=gpt2 learning_rate=5e-5
+batch_size=8 max_length=512`.
+
+The run writes into out_dir: the merged model (`model.safetensors`, `config.json`, loadable with
+`GPT.from_pretrained(out_dir)` and `minigpt sample out_dir=...`), `tokenizer.json`, the adapter
+alone (`adapter.safetensors`, LoRA only), the classification head (`classifier.safetensors`,
+classification only), `finetune.json` (settings and scores), and the trainer's checkpoint and
+metrics under `out_dir/train/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minigpt.lora import apply_lora, count_parameters, merge_lora, save_lora
+from minigpt.model import GPT
+
+IGNORE_INDEX = -100  # targets with this value are left out of the loss (eq. 10.1)
+PAD_INPUT = -1  # input padding of classification batches: no tokenizer produces a negative id
+END_OF_TEXT = "\x03"  # the response terminator for tokenizers without an end-of-text token
+FORMATS = ("alpaca", "chat", "classification")
+ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+LORA_TARGETS = {"attention": ("qkv_proj", "out_proj"),
+                "all": ("qkv_proj", "out_proj", "fc", "proj")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading JSONL
+
+
+def read_jsonl(path) -> list[dict]:
+    """The JSON objects of a JSONL file, one per non-blank line; errors name file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no data file at {path}")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {lineno}: not valid JSON ({exc.msg} at column "
+                                 f"{exc.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {lineno}: expected a JSON object, got "
+                                 f"{type(record).__name__}")
+            record["_line"] = lineno
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path} holds no examples (the file is empty); write one JSON object "
+                         "per line, e.g. {\"instruction\": ..., \"output\": ...}")
+    return records
+
+
+def detect_format(record: dict) -> str:
+    if "messages" in record:
+        return "chat"
+    if "label" in record:
+        return "classification"
+    if "instruction" in record or "output" in record:
+        return "alpaca"
+    keys = sorted(k for k in record if k != "_line")
+    raise ValueError(f"cannot tell the data layout from the keys {keys}; expected "
+                     "instruction/output (Alpaca), messages (chat) or text/label")
+
+
+def _require_text(record: dict, key: str, where: str, optional: bool = False) -> str:
+    value = record.get(key, "" if optional else None)
+    if not isinstance(value, str):
+        missing = "is missing" if value is None else f"is a {type(value).__name__}"
+        raise ValueError(f"{where}: {key!r} {missing}; it must be a string")
+    return value
+
+
+def load_examples(path, format: str = "auto") -> tuple[list[dict], str]:
+    """Validated examples of a JSONL file and its layout ("alpaca", "chat", "classification")."""
+    records = read_jsonl(path)
+    if format == "auto":
+        format = detect_format(records[0])
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r}: choose auto or one of {FORMATS}")
+    examples = []
+    for record in records:
+        where = f"{path}, line {record['_line']}"
+        if format == "alpaca":
+            example = {"instruction": _require_text(record, "instruction", where),
+                       "input": _require_text(record, "input", where, optional=True),
+                       "output": _require_text(record, "output", where)}
+        elif format == "classification":
+            label = record.get("label")
+            if not isinstance(label, (str, int)) or isinstance(label, bool):
+                raise ValueError(f"{where}: 'label' must be a string or an integer")
+            example = {"text": _require_text(record, "text", where), "label": str(label)}
+        else:
+            example = {"messages": _check_messages(record.get("messages"), where)}
+        examples.append(example)
+    return examples, format
+
+
+def _check_messages(messages, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise ValueError(f"{where}: message {i} needs a role of {list(ROLES)}")
+        _require_text(message, "content", f"{where}, message {i}")
+        if message["role"] == "system" and i > 0:
+            raise ValueError(f"{where}: only the first message may be a system message")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError(f"{where}: no assistant message, so nothing to learn")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+# ---------------------------------------------------------------------------------------------
+# The template and the masked encoding (eq. 10.1)
+
+
+def format_prompt(instruction: str, input: str = "") -> str:
+    """The prompt of an Alpaca example: everything the model is given before its answer."""
+    block = f"Input:\n{input}\n" if input else ""
+    return f"Instruction: {instruction}\n{block}Response:\n"
+
+
+def end_ids(tokenizer) -> list[int]:
+    """The token(s) that end a response: end-of-text, else the byte 0x03."""
+    if tokenizer.eot_token is not None:
+        return [tokenizer.eot_token]
+    return tokenizer.encode(END_OF_TEXT)
+
+
+def segments(example: dict) -> list[tuple[str | None, bool]]:
+    """(text, learned) pieces of an example in order; text None stands for <end>."""
+    if "messages" in example:
+        pieces = []
+        for message in example["messages"]:
+            role = ROLES[message["role"]]
+            if message["role"] == "assistant":
+                pieces += [(f"{role}: ", False), (message["content"], True), (None, True)]
+            else:
+                pieces.append((f"{role}: {message['content']}\n", False))
+        return pieces
+    prompt = format_prompt(example["instruction"], example.get("input", ""))
+    return [(prompt, False), (example["output"], True), (None, True)]
+
+
+def _tokens(example: dict, tokenizer) -> tuple[list[int], list[bool]]:
+    """Token ids of a whole example and, for each, whether it is learned (a response token)."""
+    ids, learned = [], []
+    end = end_ids(tokenizer)
+    for text, is_learned in segments(example):
+        piece = end if text is None else tokenizer.encode(text)
+        ids += piece
+        learned += [is_learned] * len(piece)
+    return ids, learned
+
+
+def encode_example(example: dict, tokenizer, max_length: int) -> tuple[list[int], list[int]]:
+    """(input ids, targets) of an instruction example, both of length ≤ max_length.
+
+    targets[t] is the token after position t, or -100 where that token belongs to the prompt
+    (eq. 10.1). A response that overruns max_length is cut; a prompt that leaves no room for
+    one response token is an error.
+    """
+    ids, learned = _tokens(example, tokenizer)
+    first = learned.index(True)
+    if first >= max_length:
+        raise ValueError(
+            f"the prompt has {first} tokens but max_length={max_length} (the model's context "
+            "or the max_length setting): no room for the answer; shorten the prompt or raise "
+            "max_length"
+        )
+    ids, learned = ids[: max_length + 1], learned[: max_length + 1]
+    targets = [token if keep else IGNORE_INDEX for token, keep in zip(ids[1:], learned[1:],
+                                                                        strict=True)]
+    return ids[:-1], targets
+
+
+def prompt_ids(example: dict, tokenizer) -> list[int]:
+    """The tokens the model is given to answer an example: everything before its last answer,
+    tokenized exactly as in training."""
+    ids, learned = _tokens(example, tokenizer)
+    start = len(learned)
+    while start > 0 and learned[start - 1]:  # back to the start of the last learned run
+        start -= 1
+    return ids[:start]
+
+
+def encode_examples(examples, tokenizer, max_length: int, format: str, labels=None,
+                    source: str = "data"):
+    """Encode every example: (ids, targets) pairs for instructions, (ids, label index) pairs
+    for classification. Errors say which example (0-based) of `source` failed."""
+    encoded = []
+    for i, example in enumerate(examples):
+        try:
+            if format == "classification":
+                ids = tokenizer.encode(example["text"])[:max_length]
+                if not ids:
+                    raise ValueError("the text is empty")
+                encoded.append((ids, labels.index(example["label"])))
+            else:
+                encoded.append(encode_example(example, tokenizer, max_length))
+        except ValueError as exc:
+            raise ValueError(f"{source}, example {i}: {exc}") from None
+    return encoded
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches for the Trainer
+
+
+class ExampleBatches:
+    """Batches of encoded examples for `minigpt.train.Trainer`: `next_batch(device) -> (x, y)`.
+
+    Each epoch visits every example once, in an order drawn from (seed, epoch) when shuffle is
+    on, in file order otherwise; the last batch of an epoch may be smaller. Sequences are padded
+    on the right to the longest in the batch: inputs with `pad_id`, per-token targets with -100
+    (out of the loss). Classification examples carry one label each, so y has shape (B,).
+    `state_dict()` is (epoch, position), enough to resume exactly.
+    """
+
+    def __init__(self, examples, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 pad_id: int = 0):
+        if not examples:
+            raise ValueError("no examples to make batches of")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be ≥ 1")
+        self.examples, self.batch_size = list(examples), batch_size
+        self.seed, self.shuffle, self.pad_id = seed, shuffle, pad_id
+        self.epoch, self.position = 0, 0
+        self._order = self._order_of(0)
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return math.ceil(len(self.examples) / self.batch_size)
+
+    def _order_of(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.examples))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+
+    def next_batch(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position >= len(self.examples):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._order_of(self.epoch)  # a new array: copies share nothing
+        chosen = self._order[self.position: self.position + self.batch_size]
+        self.position += len(chosen)
+        return self.collate([self.examples[i] for i in chosen], device)
+
+    def collate(self, batch, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(ids) for ids, _ in batch)
+        x = torch.full((len(batch), width), self.pad_id, dtype=torch.long)  # (B, T)
+        per_token = not isinstance(batch[0][1], int)
+        y = (torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long) if per_token
+             else torch.tensor([label for _, label in batch], dtype=torch.long))  # (B, T) | (B,)
+        for row, (ids, target) in enumerate(batch):
+            x[row, : len(ids)] = torch.tensor(ids)
+            if per_token:
+                y[row, : len(target)] = torch.tensor(target)
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        return x, y
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "size": len(self.examples)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != len(self.examples) or state["seed"] != self.seed:
+            raise ValueError(f"batch state for {state['size']} examples with seed {state['seed']}"
+                             f" does not fit {len(self.examples)} examples with seed {self.seed}")
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._order_of(self.epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# A classification head (eq. 10.2)
+
+
+class GPTClassifier(nn.Module):
+    """A GPT whose output is one of `labels`, read from the last real token (eq. 10.2).
+
+    forward(x, y) takes x (B, T) right-padded with PAD_INPUT (-1) and labels y (B,) and returns
+    (logits (B, K), loss or None), so `minigpt.train.Trainer` trains it like a GPT.
+    """
+
+    def __init__(self, backbone: GPT, labels):
+        super().__init__()
+        self.labels = [str(label) for label in labels]
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"a classifier needs two or more distinct labels, got {self.labels}")
+        self.backbone = backbone
+        self.config = backbone.config
+        self.head = nn.Linear(backbone.config.n_embd, len(self.labels))
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    def pooled(self, idx: torch.Tensor) -> torch.Tensor:
+        """The hidden state at each sequence's last real token: (B, T) -> (B, C)."""
+        real = idx != PAD_INPUT  # (B, T)
+        last = real.sum(dim=1) - 1  # (B,) right padding: real tokens come first
+        if bool((last < 0).any()):
+            raise ValueError("a sequence in the batch has no tokens")
+        hidden = self.backbone.hidden_states(idx.masked_fill(~real, 0))  # (B, T, C)
+        return hidden[torch.arange(idx.size(0), device=idx.device), last]  # (B, C)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        logits = self.head(self.pooled(idx))  # (B, K)
+        loss = None if targets is None else F.cross_entropy(logits.float(), targets)
+        return logits, loss
+
+    @torch.no_grad()
+    def predict(self, idx: torch.Tensor) -> list[str]:
+        return [self.labels[i] for i in self.forward(idx)[0].argmax(dim=-1).tolist()]
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+        """The backbone's FLOPs (eq. 7.6) without its output head, which is not used."""
+        c = self.config
+        head = 2 * c.n_embd * c.vocab_size * (3 if training else 1)
+        return self.backbone.flops_per_token(seq_len, training) - head
+
+    def save_pretrained(self, directory) -> None:
+        """The backbone as a GPT folder, plus `classifier.safetensors` (head and labels)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        self.backbone.save_pretrained(directory)
+        head = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        save_file(head, str(directory / "classifier.safetensors"),
+                  metadata={"labels": json.dumps(self.labels)})
+
+    @classmethod
+    def from_pretrained(cls, directory) -> GPTClassifier:
+        from safetensors import safe_open
+
+        path = Path(directory) / "classifier.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} holds no classifier.safetensors")
+        with safe_open(str(path), framework="pt") as f:
+            labels = json.loads(f.metadata()["labels"])
+            head = {key: f.get_tensor(key) for key in f.keys()}
+        model = cls(GPT.from_pretrained(directory), labels)
+        model.head.load_state_dict(head)
+        return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation and scores (eqs. 10.6, 10.7)
+
+
+@torch.no_grad()
+def generate_response(model: GPT, tokenizer, prompt, max_new_tokens: int = 128) -> str:
+    """Greedy answer to `prompt` (formatted text, or token ids), up to <end> or max_new_tokens."""
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    room = model.config.block_size - len(ids)
+    if room < 1:
+        raise ValueError(f"the prompt has {len(ids)} tokens but block_size="
+                         f"{model.config.block_size}; shorten it")
+    end = end_ids(tokenizer)
+    idx = torch.tensor([ids], dtype=torch.long, device=model.device)
+    out = model.generate(idx, min(max_new_tokens, room), temperature=0,
+                         eos_token=end[0] if len(end) == 1 else None)
+    new = out[0, len(ids):].tolist()
+    for i in range(len(new)):  # cut at <end>
+        if new[i: i + len(end)] == end:
+            new = new[:i]
+            break
+    return tokenizer.decode([t for t in new if t < tokenizer.vocab_size])
+
+
+def reference_of(example: dict) -> str:
+    if "messages" in example:
+        return [m for m in example["messages"] if m["role"] == "assistant"][-1]["content"]
+    return example["output"]
+
+
+def predict(model: GPT, tokenizer, examples, max_new_tokens: int = 128) -> list[str]:
+    """Greedy answers for instruction examples (Alpaca or chat)."""
+    return [generate_response(model, tokenizer, prompt_ids(e, tokenizer), max_new_tokens)
+            for e in examples]
+
+
+@torch.no_grad()
+def rank_choices(model: GPT, tokenizer, prompt: str, choices) -> int:
+    """Index of the choice the language model finds most likely after `prompt`: the sum of
+    log-probabilities of the choice's tokens and <end>. A zero-shot classifier."""
+    prompt_ids, end = tokenizer.encode(prompt), end_ids(tokenizer)
+    scores = []
+    for choice in choices:
+        answer = tokenizer.encode(choice) + end
+        ids = (prompt_ids + answer)[-(model.config.block_size + 1):]
+        x = torch.tensor([ids[:-1]], device=model.device)
+        logp = torch.log_softmax(model(x)[0][0].float(), dim=-1)  # (T, V)
+        targets = torch.tensor(ids[1:], device=model.device)
+        picked = logp[torch.arange(len(targets)), targets][-len(answer):]
+        scores.append(picked.sum().item())
+    return int(np.argmax(scores))
+
+
+def _normalize(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+
+def exact_match(predictions, references) -> float:
+    """Share of predictions equal to their reference (eq. 10.7), ignoring whitespace at the
+    ends of the text and of each line."""
+    predictions, references = list(predictions), list(references)
+    _check_pairs(predictions, references)
+    return sum(_normalize(p) == _normalize(r) for p, r in zip(predictions, references,
+                                                              strict=True)) / len(references)
+
+
+def accuracy(predictions, labels) -> float:
+    """Share of predicted labels equal to the true ones (eq. 10.7)."""
+    predictions, labels = list(predictions), list(labels)
+    _check_pairs(predictions, labels)
+    return sum(p == t for p, t in zip(predictions, labels, strict=True)) / len(labels)
+
+
+def rouge(predictions, references, types=("rouge1", "rouge2", "rougeL")) -> dict[str, float]:
+    """Mean ROUGE F-measures (eq. 10.6) from `rouge-score`, Google's reference implementation
+    (the one Hugging Face `evaluate` wraps): words are lower-cased runs of letters and digits,
+    no stemming."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise ImportError('ROUGE needs the rouge-score package: pip install "minigpt[finetune]"'
+                          " (or pip install rouge-score)") from None
+    predictions, references = list(predictions), list(references)
+    _check_pairs(predictions, references)
+    scorer = rouge_scorer.RougeScorer(list(types))
+    totals = dict.fromkeys(types, 0.0)
+    for p, r in zip(predictions, references, strict=True):
+        for name, score in scorer.score(r, p).items():  # score(target, prediction)
+            totals[name] += score.fmeasure
+    return {name: total / len(references) for name, total in totals.items()}
+
+
+def _check_pairs(predictions, references) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not references:
+        raise ValueError("nothing to score: no examples")
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and the run
+
+
+@dataclass
+class FinetuneConfig:
+    """Every setting of `minigpt finetune`."""
+
+    data: str = ""  # JSONL file of examples (Alpaca, chat, or text/label)
+    base: str = "runs/tiny"  # a minigpt run or model folder, or a GPT-2 folder or name
+    method: str = "lora"  # "lora" (adapters only) or "full" (every weight)
+    out_dir: str = "runs/finetune"
+    format: str = "auto"  # "auto", "alpaca", "chat" or "classification"
+    val_data: str = ""  # a validation JSONL; empty holds out val_fraction of `data`
+    val_fraction: float = 0.1
+    tokenizer: str = "auto"  # "auto": the base's own (GPT-2's for GPT-2 weights)
+    max_length: int = 0  # longest example in tokens; 0 means the model's block_size
+    # LoRA (eq. 10.3)
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0  # on the adapter's input
+    targets: str = "attention"  # "attention", "all", or names such as "qkv_proj,fc"
+    # optimisation
+    steps: int = 200  # optimizer steps
+    batch_size: int = 8
+    grad_accum_steps: int = 1
+    learning_rate: float = 0.0  # 0 means the method's default: LoRA 1e-3, full 1e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # evaluation and system
+    eval_interval: int = 50
+    eval_iters: int = 0  # validation batches per evaluation; 0 covers the validation set once
+    eval_examples: int = 50  # validation examples answered and scored at the end (0: none)
+    max_new_tokens: int = 128
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        from minigpt.train import _check_types
+
+        _check_types(self)
+        if self.method not in ("lora", "full"):
+            raise ValueError(f"FinetuneConfig.method={self.method!r}: use 'lora' or 'full'")
+        if self.format not in ("auto", *FORMATS):
+            raise ValueError(f"FinetuneConfig.format={self.format!r}: use auto or one of "
+                             f"{FORMATS}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"FinetuneConfig.val_fraction={self.val_fraction}: must be in [0, 1)")
+        for name in ("rank", "steps", "batch_size", "grad_accum_steps", "eval_interval",
+                     "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FinetuneConfig.{name}={getattr(self, name)}: must be ≥ 1")
+        for name in ("max_length", "warmup_steps", "weight_decay", "grad_clip", "eval_iters",
+                     "eval_examples", "learning_rate", "dropout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"FinetuneConfig.{name}={getattr(self, name)}: must be ≥ 0")
+        if not self.alpha > 0:
+            raise ValueError(f"FinetuneConfig.alpha={self.alpha}: must be > 0")
+        if not self.dropout < 1:
+            raise ValueError(f"FinetuneConfig.dropout={self.dropout}: must be < 1")
+        self.lora_targets()
+
+    def lora_targets(self) -> tuple[str, ...]:
+        if self.targets in LORA_TARGETS:
+            return LORA_TARGETS[self.targets]
+        names = tuple(t.strip() for t in self.targets.split(",") if t.strip())
+        if not names:
+            raise ValueError(f"FinetuneConfig.targets={self.targets!r}: use attention, all, or "
+                             "comma-separated layer names such as qkv_proj,fc")
+        return names
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate or (1e-3 if self.method == "lora" else 1e-4)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_base(base: str, tokenizer: str = "auto"):
+    """(model, tokenizer) of a base: a minigpt run or model folder, or GPT-2 (folder or name)."""
+    from minigpt.tokenizer import gpt2_tokenizer, load_tokenizer
+    from minigpt.train import load_run
+
+    path = Path(base)
+    native = (path / "ckpt.pt").is_file() or (
+        (path / "config.json").is_file()
+        and json.loads((path / "config.json").read_text()).get("model_type") == "minigpt")
+    if native:
+        model, tok = load_run(path)
+    else:
+        model, tok = GPT.from_pretrained(base), None
+        if model.config.vocab_size == 50257:
+            tok = gpt2_tokenizer()
+    if tokenizer != "auto":
+        tok = load_tokenizer(tokenizer)
+    if tok is None:
+        raise ValueError(f"{base} comes without a tokenizer; pass tokenizer=<name or file>")
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} ids but the model only "
+                         f"{model.config.vocab_size}; they do not belong together")
+    return model.train(), tok
+
+
+def _split_validation(examples: list, config: FinetuneConfig):
+    if config.val_data:
+        return examples, load_examples(config.val_data, config.format)[0]
+    if config.val_fraction == 0 or len(examples) < 2:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(config.seed).shuffle(order)
+    n_val = max(1, round(len(examples) * config.val_fraction))
+    val = set(order[:n_val])
+    return ([e for i, e in enumerate(examples) if i not in val],
+            [e for i, e in enumerate(examples) if i in val])
+
+
+def train_config(config: FinetuneConfig, n_val_batches: int):
+    """The `TrainConfig` that runs a finetune through `minigpt.train.Trainer`."""
+    from minigpt.train import TrainConfig
+
+    lr = config.lr
+    return TrainConfig(
+        out_dir=str(Path(config.out_dir) / "train"), dataset=config.data, seed=config.seed,
+        batch_size=config.batch_size, grad_accum_steps=config.grad_accum_steps,
+        max_iters=config.steps, learning_rate=lr, min_lr=lr / 10,
+        warmup_iters=min(config.warmup_steps, config.steps), weight_decay=config.weight_decay,
+        grad_clip=config.grad_clip, eval_interval=config.eval_interval,
+        eval_iters=config.eval_iters or max(1, n_val_batches), log_interval=10,
+        device=config.device, dtype=config.dtype, compile=config.compile,
+        progress=config.progress, sample_tokens=0,
+    )
+
+
+def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
+    """Finetune `config.base` on `config.data` through the Trainer; save and score the result.
+
+    Returns the scores: validation loss (language model) and, on up to eval_examples validation
+    examples, exact match and ROUGE of the greedy answers, or accuracy for classification.
+    """
+    from minigpt.train import Trainer
+
+    if not config.data:
+        raise ValueError("no data: pass data=FILE.jsonl")
+    examples, format = load_examples(config.data, config.format)
+    train_examples, val_examples = _split_validation(examples, config)
+    torch.manual_seed(config.seed)  # the classification head and LoRA's A start from here
+    base, tokenizer = load_base(config.base, config.tokenizer)
+    max_length = min(config.max_length or base.config.block_size, base.config.block_size)
+    labels = None
+    if format == "classification":
+        labels = sorted({e["label"] for e in train_examples})
+        unseen = sorted({e["label"] for e in val_examples} - set(labels))
+        if unseen:
+            raise ValueError(f"validation labels {unseen} never occur in the training data")
+        model = GPTClassifier(base, labels)
+        backbone = model.backbone
+    else:
+        model = backbone = base
+    if config.method == "lora":
+        apply_lora(backbone, config.rank, config.alpha, config.dropout, config.lora_targets())
+        if labels is not None:
+            model.head.requires_grad_(True)  # a new head always trains
+    pad = PAD_INPUT if labels is not None else (tokenizer.eot_token or 0)
+    encode = lambda data, name: encode_examples(data, tokenizer, max_length, format,  # noqa: E731
+                                                labels, name)
+    train_data = ExampleBatches(encode(train_examples, config.data), config.batch_size,
+                                seed=config.seed, pad_id=pad)
+    val_data = (ExampleBatches(encode(val_examples, config.val_data or "validation data"),
+                               config.batch_size, shuffle=False, pad_id=pad)
+                if val_examples else None)
+    trainer = Trainer(train_config(config, len(val_data) if val_data else 0), model=model,
+                      train_data=train_data, val_data=val_data, tokenizer=tokenizer,
+                      resume=resume)
+    last = trainer.fit()
+    model.eval()
+    scores = {"val_loss": last.get("val_loss"), "train_loss": last.get("loss"),
+              **count_parameters(model)}
+    scores.update(_score(model, tokenizer, val_examples[: config.eval_examples], labels,
+                         max_length, config.max_new_tokens))
+    _save(model, tokenizer, config, labels)
+    out = Path(config.out_dir)
+    (out / "finetune.json").write_text(json.dumps(
+        {"config": config.to_dict(), "format": format, "steps": trainer.step,
+         "scores": scores}, indent=2))
+    return scores
+
+
+@torch.no_grad()
+def _score(model, tokenizer, examples, labels, max_length, max_new_tokens) -> dict:
+    if not examples:
+        return {}
+    if labels is not None:
+        predicted = []
+        for example in examples:
+            ids = tokenizer.encode(example["text"])[:max_length]
+            predicted += model.predict(torch.tensor([ids], device=model.device))
+        return {"accuracy": accuracy(predicted, [e["label"] for e in examples])}
+    predictions = predict(model, tokenizer, examples, max_new_tokens)
+    references = [reference_of(e) for e in examples]
+    scores = {"exact_match": exact_match(predictions, references)}
+    try:
+        scores.update(rouge(predictions, references))
+    except ImportError:
+        pass  # the optional extra is not installed: report exact match alone
+    return scores
+
+
+def _save(model, tokenizer, config: FinetuneConfig, labels) -> None:
+    """The adapter alone (LoRA), then the merged model and the tokenizer, into out_dir."""
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = model.backbone if labels is not None else model
+    if config.method == "lora":
+        save_lora(backbone, out / "adapter.safetensors")
+        merge_lora(backbone)  # now a plain GPT: the adapters are folded in (eq. 10.5)
+    model.save_pretrained(out)  # GPTClassifier adds its head to the GPT folder
+    tokenizer.save(out / "tokenizer.json")
