@@ -167,24 +167,6 @@ def show(x: float) -> str:
     return f"{x:.6g}"
 
 
-def close_number(actual, expected: float, what: str, rel_tol: float = 1e-6,
-                 factors: dict[str, float] | None = None) -> None:
-    """Like `close`, for one number: equal within rel_tol, or a message naming the ratio."""
-    actual = as_number(actual, what)
-    if math.isclose(actual, expected, rel_tol=rel_tol, abs_tol=1e-300):
-        return
-    message = f"{what} is {show(actual)}, expected {show(expected)}"
-    if expected != 0 and actual != 0:
-        ratio = actual / expected
-        message += f": {ratio:.4g} times the right answer"
-        for name, factor in (factors or {}).items():
-            if math.isclose(ratio, factor, rel_tol=1e-3):
-                message += f" — a factor of {name} too large"
-            elif math.isclose(ratio, 1 / factor, rel_tol=1e-3):
-                message += f" — a factor of {name} too small"
-    raise CheckFailed(message)
-
-
 def matches(actual, expected, rtol: float = 1e-6, atol: float = 0.0) -> bool:
     """Whether two answers agree: numbers, tensors, or (nested) lists and tuples of them."""
     if isinstance(expected, (list, tuple)):

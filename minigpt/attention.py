@@ -79,7 +79,7 @@ class KVCache:
     """Keys and values of the tokens seen so far, for one attention layer.
 
     Generation feeds one new token at a time; without a cache each step would recompute the
-    keys and values of the whole prefix (cost O(T²) per step, eq. 9.9 in notebooks/09_sampling.ipynb).
+    keys and values of the whole prefix (cost O(T²) per step: eq. 9.9 in notebook 09).
     Storage is allocated once for `max_len` positions and filled left to right.
     """
 

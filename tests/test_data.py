@@ -14,7 +14,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from minigpt import data
+from minigpt import corpora, data
 from minigpt.data import (
     Corpus,
     RandomWindowSampler,
@@ -92,7 +92,7 @@ def folder_corpus(tmp_path, n=12, name="docs"):
 
 def test_stdlib_corpus_is_deterministic():
     first = load_corpus("stdlib")
-    data._stdlib_sources.cache_clear()  # read the files again
+    corpora._stdlib_sources.cache_clear()  # read the files again
     second = load_corpus("stdlib")
     assert first.train == second.train and first.val == second.val
     assert first.fingerprint() == second.fingerprint()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from minigpt.data import REMOTE_FILES, load_corpus
+from minigpt.corpora import REMOTE_FILES, load_corpus
 from minigpt.download import ChecksumError, DownloadError, cache_dir, download
 
 PAYLOAD = bytes(range(256)) * 1000  # 256 kB, several chunks
