@@ -15,7 +15,7 @@ tokens. It then measures, alternating the two models repeat by repeat:
   both average the loss over the same batch · (T - 1) positions.
 * generation: greedy decoding with the KV cache, minigpt's `generate(temperature=0)` against
   Hugging Face's `generate(do_sample=False, use_cache=True)`, from the same prompt; tokens/s =
-  batch · new tokens / wall time of the whole call (prompt prefill included).
+  batch · new tokens / time of the whole call (prompt prefill included).
 
 Each figure is the median of several repeats; the ratio column is the median of the per-repeat
 ratios (each repeat times both models back to back, so a slow moment of the machine hits both).
@@ -340,6 +340,18 @@ def main(argv=None) -> int:
     print(f"CPU: {env['cpu']} ({env['logical_cpus']} logical CPUs), "
           f"torch threads: {args.threads}, float32, repeats: {repeats}, clock: {args.clock}")
     print(f"load average at start: {env['load_average_start']}")
+    busy = env["load_average_start"] or 0.0
+    if busy > (env["logical_cpus"] or 1) - args.threads + 0.5:
+        if args.threads > 1:
+            advice = ("With several threads every parallel region waits for\nwhichever thread was "
+                      "descheduled, and the figures can be off by a large factor; on a shared\n"
+                      "machine prefer --threads 1 --clock cpu.")
+        elif args.clock == "wall":
+            advice = "Wall-clock figures will be noisy;\n--clock cpu is steadier."
+        else:
+            advice = ("The CPU clock leaves out waiting for a core,\nnot the caches and memory "
+                      "bandwidth the other processes share.")
+        print(f"warning: other processes are using the CPUs. {advice}")
 
     results = []
     for size in sizes:
@@ -377,6 +389,11 @@ def main(argv=None) -> int:
     for row in results:
         size = next(s for s in sizes if s.name == row["size"])
         print(fmt_row(size, row))
+    failed = [f"{r['size']} {r['task']} B={r['batch']}" for r in results
+              if not (r.get("same_tokens", True) and r.get("same_loss", True)
+                      and r.get("same_grad", True))]
+    print("\nfairness checks (same loss and gradients, same greedy tokens): "
+          + (f"FAILED for {', '.join(failed)}" if failed else "all passed"))
     if (env["load_average_end"] or 0) > args.threads:
         print(f"\nnote: other processes kept the machine busy (load average "
               f"{env['load_average_end']} on {env['logical_cpus']} CPUs); the ratios, measured "
