@@ -100,6 +100,27 @@ def diagnose(actual, mistakes: dict[str, object], rtol: float = 1e-4,
     return None
 
 
+def diagnose_all(answers: list, mistakes: list[dict[str, object]], rtol: float = 1e-4,
+                 atol: float = 1e-5) -> str | None:
+    """The first typical mistake that reproduces the learner's answer in *every* case, or None.
+
+    answers[i]: the learner's answer to case i (None: no answer there, e.g. the code raised);
+    mistakes[i]: that case's {diagnosis: value}, as for `diagnose` (a value of None: the mistake
+    cannot be computed for that case). A mistake is named only if no case contradicts it, so a
+    coincidence in one case cannot mislead. Candidates come in the order of the first case that
+    names them. Use the same diagnosis text in every case (no case-specific numbers in it).
+    """
+    candidates = list(dict.fromkeys(message for table in mistakes for message in table))
+    for message in candidates:
+        values = [table.get(message) for table in mistakes]
+        if all(value is None for value in values):
+            continue
+        if all(answer is None or value is None or _reproduces(answer, value, rtol, atol)
+               for answer, value in zip(answers, values, strict=True)):
+            return message
+    return None
+
+
 def close_or_diagnose(actual, expected: torch.Tensor, what: str,
                       mistakes: dict[str, object] | None = None, rtol: float = 1e-4,
                       atol: float = 1e-5, factors: dict[str, float] | None = None) -> None:
