@@ -3,15 +3,21 @@
 The package follows the course, one module per concept:
 
     tokenizer    01  characters, bytes, byte-pair encoding, GPT-2's tokenizer
-    data         02  corpora, token files, batch samplers
+    corpora      02  named text collections (the offline stdlib corpora, downloads, local files)
+    data         02  token files, batch samplers (and the corpora, re-exported)
     attention    03-04  scaled dot-product attention, multi-head attention, KV cache
     positional   05  sinusoidal, learned and rotary position encodings
     layers       06  layer norm, feed-forward, the transformer block
     model        07  GPTConfig and GPT
-    train        08  the training loop
+    train        08, 13  the training loop, from a laptop CPU to several GPUs
     generate     09  sampling: greedy, temperature, top-k, top-p
     lora, finetune  10  low-rank adapters and instruction finetuning
+    tasks        10-11  offline tasks built from the stdlib: summarise, generate code, QA, classify
     hf           11  Hugging Face GPT-2 weights in and out
+    interpret    12  attention maps, logit lens, probes, bias probes
+
+and the machinery around them: platform (device, precision, peak FLOP/s), checkpoint, distributed,
+metrics, config (presets), download, cli (the `minigpt` command).
 """
 
 __version__ = "0.1.0"

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minigpt", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     raw = argparse.RawDescriptionHelpFormatter
-    presets = ", ".join(configs.preset_names())
+    presets = ", ".join(n for n in configs.preset_names() if not n.startswith("finetune-"))
 
     train = sub.add_parser("train", help="train a model (default: the tiny preset)",
                            epilog=_settings_help(TrainConfig), formatter_class=raw)
