@@ -400,11 +400,17 @@ def baseline_predictions(name: str, train: list[dict], examples: list[dict]) -> 
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in TASKS:
-        print(f"usage: python -m minigpt.tasks {{{','.join(TASKS)}}} OUT_DIR", file=sys.stderr)
-        return 2
-    for split, path in write_task(argv[0], argv[1]).items():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m minigpt.tasks",
+                                     description="Write a stdlib task as train/val/test JSONL.")
+    parser.add_argument("task", choices=TASKS)
+    parser.add_argument("out_dir")
+    parser.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
+                        help="longest example in characters; keep prompts inside the model's "
+                             "context, or finetuning refuses them")
+    args = parser.parse_args(argv)
+    for split, path in write_task(args.task, args.out_dir, max_chars=args.max_chars).items():
         count = sum(1 for _ in open(path, encoding="utf-8"))
         print(f"{split:5s} {count:6d} examples  {path}")
     return 0
