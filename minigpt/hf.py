@@ -1,8 +1,8 @@
-"""Hugging Face GPT-2 weights in and out. Used in notebooks/07_gpt_model.ipynb and 11_applications.
+"""Hugging Face GPT-2 weights in and out (notebooks/07_gpt_model.ipynb, 11_applications.ipynb).
 
 GPT-2 and `minigpt.GPT` are the same network with different names: this module maps one state
-dict onto the other. The only change of numbers is a transpose: GPT-2 stores its linear layers as
-`Conv1D` with weights of shape (in, out), PyTorch's `nn.Linear` as (out, in).
+dict onto the other. The only change of numbers is a transpose (eq. 11.7): GPT-2 stores its
+linear layers as `Conv1D` with weights of shape (in, out), PyTorch's `nn.Linear` as (out, in).
 
 Loading reads safetensors, or a PyTorch checkpoint with `torch.load(weights_only=True)`; never
 TensorFlow. Export writes a folder that `transformers.GPT2LMHeadModel.from_pretrained` and
