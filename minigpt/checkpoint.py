@@ -32,11 +32,12 @@ def atomic_write_bytes(path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself lives in the directory entry; syncing the folder makes it durable.
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable: the new name lives in the directory entry.
+    Not possible on every platform; there it quietly does nothing."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -108,6 +108,16 @@ def _unknown_key_message(key: str, known) -> str:
     return f"unknown setting {key!r}{hint} (known: {', '.join(sorted(known))})"
 
 
+def from_dict(cls, values: dict):
+    """An instance of dataclass `cls` from a dict; unknown keys are an error that lists them."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for {cls.__name__}; "
+                         f"known settings: {sorted(known)}")
+    return cls(**values)
+
+
 def build(cls, preset: str | None, overrides: list[str]):
     """An instance of dataclass `cls` from a preset, then the overrides."""
     values = load_preset(preset) if preset else {}

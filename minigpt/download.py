@@ -26,6 +26,8 @@ from pathlib import Path
 
 from tqdm import tqdm  # the text bar: tqdm.auto needs ipywidgets in notebooks
 
+from minigpt.checkpoint import fsync_dir
+
 __all__ = ["ChecksumError", "DownloadError", "cache_dir", "download", "sha256_file"]
 
 CHUNK_SIZE = 1 << 16
@@ -71,16 +73,7 @@ def _fsync_and_replace(part: Path, dest: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(part, dest)
-    try:  # make the rename itself durable; not possible on every platform
-        fd = os.open(dest.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(dest.parent)
 
 
 def _resume_offset(response, offset: int) -> int:

@@ -102,11 +102,9 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"GPTConfig has no field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        from minigpt.config import from_dict
+
+        return from_dict(cls, values)
 
 
 def _nearest_divisor(n: int, target: int) -> int:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from minigpt import config as configs
 from minigpt import distributed, platform
 from minigpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minigpt.generate import generate_text
@@ -132,11 +133,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {unknown}; known settings: {sorted(known)}")
-        return cls(**values)
+        return configs.from_dict(cls, values)
 
 
 def _check_types(config) -> None:
