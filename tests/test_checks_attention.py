@@ -7,21 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import fails
 
 from checks import attention as check
-from checks.core import CheckFailed
 from minigpt.attention import scaled_dot_product_attention, stable_softmax
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def fails_with(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as error:
-        check_function(answer)
-    message = str(error.value)
-    for word in words:
-        assert word in message, f"{word!r} not in: {message}"
-    return message
 
 
 def todo(*args):
@@ -71,7 +62,7 @@ def _raw_and_scaled(d_k, n):
     (todo, ["not written yet"]),
 ])
 def test_score_variances_name_the_mistake(wrong, words):
-    fails_with(check.check_score_variances, wrong, *words)
+    fails(check.check_score_variances, wrong, *words)
 
 
 # ---- exercise 2: attention with a padding mask --------------------------------------------------
@@ -116,7 +107,7 @@ def test_padded_attention_passes_on_a_formula_and_on_the_package(capsys):
     (todo, ["not written yet"]),
 ])
 def test_padded_attention_names_the_mistake(wrong, words):
-    fails_with(check.check_padded_attention, wrong, *words)
+    fails(check.check_padded_attention, wrong, *words)
 
 
 # ---- exercise 3: causal attention ---------------------------------------------------------------
@@ -165,7 +156,7 @@ def leaks_through_the_output(q, k, v):
     (todo, ["not written yet"]),
 ])
 def test_causal_attention_names_the_mistake(wrong, words):
-    fails_with(check.check_causal_attention, wrong, *words)
+    fails(check.check_causal_attention, wrong, *words)
 
 
 # ---- exercise 4: a stable softmax ---------------------------------------------------------------
@@ -212,4 +203,4 @@ def uniform_for_empty_rows(s):
     (todo, ["not written yet"]),
 ])
 def test_stable_softmax_names_the_mistake(wrong, words):
-    fails_with(check.check_stable_softmax, wrong, *words)
+    fails(check.check_stable_softmax, wrong, *words)

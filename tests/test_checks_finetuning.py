@@ -6,35 +6,20 @@ from __future__ import annotations
 import functools
 import math
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import fails, unwritten
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `checks` lives at the repo root
-from checks import finetuning as check  # noqa: E402
-from checks.core import CheckFailed  # noqa: E402
-from minigpt import GPT  # noqa: E402
-from minigpt import finetune as ft  # noqa: E402
-from minigpt.lora import LoRALinear, apply_lora, count_parameters  # noqa: E402
+from checks import finetuning as check
+from minigpt import GPT
+from minigpt import finetune as ft
+from minigpt.lora import LoRALinear, apply_lora, count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def fails(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as failure:
-        check_function(answer)
-    message = str(failure.value)
-    for word in words:
-        assert word in message, f"{word!r} not in: {message}"
-    return message
-
-
-def unwritten(*args, **kwargs):
-    raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- eq. (10.4)

@@ -5,31 +5,16 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from check_helpers import fails, unwritten
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `checks` lives at the repo root
-from checks import gpt_model as check  # noqa: E402
-from checks.core import CheckFailed  # noqa: E402
-from minigpt.layers import LayerNorm  # noqa: E402
+from checks import gpt_model as check
+from minigpt.layers import LayerNorm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def fails(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as failure:
-        check_function(answer)
-    message = str(failure.value)
-    for word in words:
-        assert word in message, message
-    return message
-
-
-def unwritten(*args, **kwargs):
-    raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- eq. (7.5)

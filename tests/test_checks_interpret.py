@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import fails
 
 from checks import interpret as check
-from checks.core import CheckFailed, diagnose_all
+from checks.core import diagnose_all
 
 NEG_INF = float("-inf")
 
@@ -17,14 +18,6 @@ NEG_INF = float("-inf")
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Tiny models: one thread is as fast, and steadier on a shared machine."""
-
-
-def _fails_with(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as failure:
-        check_function(answer)
-    message = str(failure.value)
-    for word in words:
-        assert word in message, f"{word!r} not in: {message}"
 
 
 def test_random_gpt_leaves_the_global_random_state_alone():
@@ -110,14 +103,14 @@ def _mean_of_heads(block, h, head):
         "softmax-over-queries", "q-k-swapped", "interleaved-heads", "no-rotary", "rotary-q-only",
         "mean-of-heads", "shape"])
 def test_head_attention_names_the_mistake(wrong, words):
-    _fails_with(check.check_head_attention, wrong, *words)
+    fails(check.check_head_attention, wrong, *words)
 
 
 def test_an_unwritten_exercise_says_so():
     def head_attention(block, h, head):
         raise NotImplementedError
 
-    _fails_with(check.check_head_attention, head_attention, "not written yet")
+    fails(check.check_head_attention, head_attention, "not written yet")
 
 
 # --- exercise 2: lens_logits -------------------------------------------------------------------
@@ -143,7 +136,7 @@ def test_lens_logits_passes_on_right_answers():
 ], ids=["no-ln-f", "embedding-for-untied-head", "no-gain-bias", "block-ln", "ln-twice",
         "softmax", "log-softmax", "untransposed", "shape"])
 def test_lens_logits_names_the_mistake(wrong, words):
-    _fails_with(check.check_lens_logits, wrong, *words)
+    fails(check.check_lens_logits, wrong, *words)
 
 
 # --- exercise 3: completion_logprob ------------------------------------------------------------
@@ -204,7 +197,7 @@ def _from_the_prompt_alone(model, prompt_ids, completion_ids):
 ], ids=["scored-against-itself", "one-too-early", "prompt-included", "no-log-softmax",
         "probabilities", "mean", "sign", "bits", "prompt-alone", "no-prompt", "list", "other"])
 def test_completion_logprob_names_the_mistake(wrong, words):
-    _fails_with(check.check_completion_logprob, wrong, *words)
+    fails(check.check_completion_logprob, wrong, *words)
 
 
 # --- exercise 4: probe_accuracy ----------------------------------------------------------------
@@ -267,7 +260,7 @@ def _predicts_the_majority(train_x, train_y, test_x, test_y):
         "baseline-percent", "train-accuracy", "undertrained", "majority-only",
         "accuracy-percent", "one-number"])
 def test_probe_names_the_mistake(wrong, words):
-    _fails_with(check.check_probe, wrong, *words)
+    fails(check.check_probe, wrong, *words)
 
 
 # --- exercise 5: knockout_increase -------------------------------------------------------------
@@ -351,7 +344,7 @@ def _with_the_bias(model, idx, targets, layer, head):
 ], ids=["rows", "interleaved", "value-weights", "whole-layer", "output-bias", "loss",
         "flipped", "ratio", "next-layer", "not-restored", "no-grad", "string"])
 def test_knockout_names_the_mistake(wrong, words):
-    _fails_with(check.check_knockout, wrong, *words)
+    fails(check.check_knockout, wrong, *words)
 
 
 def test_queries_zeroed_is_named():
@@ -366,4 +359,4 @@ def test_queries_zeroed_is_named():
             attn.qkv_proj.weight[rows], attn.qkv_proj.bias[rows] = saved
         return loss - base
 
-    _fails_with(check.check_knockout, queries, "queries", "evenly")
+    fails(check.check_knockout, queries, "queries", "evenly")

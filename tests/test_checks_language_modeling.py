@@ -9,20 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import fails
 
 from checks import language_modeling as check
-from checks.core import CheckFailed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def fails_with(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as error:
-        check_function(answer)
-    message = str(error.value)
-    for word in words:
-        assert word in message, f"{word!r} not in: {message}"
-    return message
 
 
 def todo(*args):
@@ -61,7 +52,7 @@ def test_windows_pass_on_slicing_and_on_the_sampler_layout(capsys):
     (todo, ["not written yet"]),
 ])
 def test_windows_name_the_mistake(wrong, words):
-    fails_with(check.check_windows, wrong, *words)
+    fails(check.check_windows, wrong, *words)
 
 
 def test_windows_shifted_the_wrong_way():
@@ -69,7 +60,7 @@ def test_windows_shifted_the_wrong_way():
         padded = torch.cat([tokens[:1], tokens])  # position s - 1 exists even for s = 0
         return windows(tokens, starts, T)[0], torch.stack([padded[s : s + T] for s in starts])
 
-    fails_with(check.check_windows, backwards, "wrong way", "previous tokens")
+    fails(check.check_windows, backwards, "wrong way", "previous tokens")
 
 
 # ---- exercise 2: bigram probabilities -----------------------------------------------------------
@@ -134,7 +125,7 @@ def numerator_only(ids, V, alpha):
     (todo, ["not written yet"]),
 ])
 def test_bigram_names_the_mistake(wrong, words):
-    fails_with(check.check_bigram_probs, wrong, *words)
+    fails(check.check_bigram_probs, wrong, *words)
 
 
 def test_bigram_explains_a_nan_row():
@@ -142,7 +133,7 @@ def test_bigram_explains_a_nan_row():
         unseen = bigram_counts(ids, V).sum(1, keepdim=True) == 0
         return bigram_probs(ids, V, alpha).masked_fill(unseen, math.nan)
 
-    fails_with(check.check_bigram_probs, nan_for_unseen_contexts, "NaN", "never occurs")
+    fails(check.check_bigram_probs, nan_for_unseen_contexts, "NaN", "never occurs")
 
 
 # ---- exercise 3: cross-entropy ------------------------------------------------------------------
@@ -183,7 +174,7 @@ def surprises(z, y):
     (todo, ["not written yet"]),
 ])
 def test_cross_entropy_names_the_mistake(wrong, words):
-    fails_with(check.check_cross_entropy, wrong, *words)
+    fails(check.check_cross_entropy, wrong, *words)
 
 
 # ---- exercise 4: the language-model loss with its shift -----------------------------------------
@@ -215,7 +206,7 @@ def test_lm_loss_passes_and_agrees_with_minigpt_and_hugging_face(capsys):
     (todo, ["not written yet"]),
 ])
 def test_lm_loss_names_the_mistake(wrong, words):
-    fails_with(check.check_lm_loss, wrong, *words)
+    fails(check.check_lm_loss, wrong, *words)
 
 
 # ---- exercise 5: perplexity ---------------------------------------------------------------------
@@ -252,7 +243,7 @@ def batch_means(batches):
     (todo, ["not written yet"]),
 ])
 def test_perplexity_names_the_mistake(wrong, words):
-    fails_with(check.check_perplexity, wrong, *words)
+    fails(check.check_perplexity, wrong, *words)
 
 
 # ---- exercise 6: the loss before training -------------------------------------------------------
@@ -275,7 +266,7 @@ def test_initial_loss_passes(capsys):
     (todo, ["not written yet"]),
 ])
 def test_initial_loss_names_the_mistake(wrong, words):
-    fails_with(check.check_initial_loss, wrong, *words)
+    fails(check.check_initial_loss, wrong, *words)
 
 
 def test_initial_loss_is_compared_with_a_fresh_model():
@@ -284,4 +275,4 @@ def test_initial_loss_is_compared_with_a_fresh_model():
         listed = sigma in (0.0, 1.0, 0.5, 0.02)
         return math.log(V) + (sigma**2 / 2 if listed else 1.0)
 
-    fails_with(check.check_initial_loss, right_only_for_listed_sigmas, "fresh minigpt.GPT")
+    fails(check.check_initial_loss, right_only_for_listed_sigmas, "fresh minigpt.GPT")

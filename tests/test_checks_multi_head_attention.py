@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import fails
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `checks` lives at the repo root
-
-from checks import multi_head_attention as check  # noqa: E402
-from checks.core import CheckFailed  # noqa: E402
-
-
-def _fails_with(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as failure:
-        check_function(answer)
-    message = str(failure.value)
-    for word in words:
-        assert word in message, f"{word!r} not in: {message}"
-
+from checks import multi_head_attention as check
 
 # --- exercise 1: split_heads -------------------------------------------------------------------
 
@@ -47,14 +34,14 @@ def test_split_heads_passes_on_a_right_answer(capsys):
 ], ids=["view-without-transpose", "interleaved", "no-transpose", "transpose-2-3",
         "transpose-1-3", "wrong-shape"])
 def test_split_heads_names_the_mistake(wrong, words):
-    _fails_with(check.check_split_heads, wrong, *words)
+    fails(check.check_split_heads, wrong, *words)
 
 
 def test_an_unwritten_exercise_says_so():
     def split_heads(x, n_head):
         raise NotImplementedError
 
-    _fails_with(check.check_split_heads, split_heads, "not written yet")
+    fails(check.check_split_heads, split_heads, "not written yet")
 
 
 # --- exercise 2: merge_heads -------------------------------------------------------------------
@@ -81,7 +68,7 @@ def _merge_without_contiguous(y):
     (lambda y: y.transpose(1, 2), ["not merged"]),
 ], ids=["forgot-contiguous", "view-without-transpose", "interleaved", "not-merged"])
 def test_merge_heads_names_the_mistake(wrong, words):
-    _fails_with(check.check_merge_heads, wrong, *words)
+    fails(check.check_merge_heads, wrong, *words)
 
 
 # --- exercise 3: fuse_qkv ----------------------------------------------------------------------
@@ -104,7 +91,7 @@ def test_fuse_qkv_passes_on_a_right_answer():
      ["grouped by head"]),
 ], ids=["not-transposed", "k-q-v", "interleaved-heads", "grouped-by-head"])
 def test_fuse_qkv_names_the_mistake(wrong, words):
-    _fails_with(check.check_fuse_qkv, wrong, *words)
+    fails(check.check_fuse_qkv, wrong, *words)
 
 
 # --- exercise 4: mha_parameter_count -----------------------------------------------------------
@@ -124,7 +111,7 @@ def test_parameter_count_passes_on_a_right_answer():
 ], ids=["no-biases", "no-output-projection", "biases-when-bias-false", "times-heads",
         "depends-on-heads", "not-a-number"])
 def test_parameter_count_names_the_mistake(wrong, words):
-    _fails_with(check.check_mha_parameter_count, wrong, *words)
+    fails(check.check_mha_parameter_count, wrong, *words)
 
 
 # --- exercise 5: mha_forward -------------------------------------------------------------------
@@ -187,10 +174,10 @@ def _with(**mistake):
         "qkv-blocks-untransposed",
         "split-without-transpose", "leak-plus-another-mistake", "wrong-shape"])
 def test_mha_forward_names_the_mistake(wrong, words):
-    _fails_with(check.check_mha_forward, wrong, *words)
+    fails(check.check_mha_forward, wrong, *words)
 
 
 def test_a_scale_mistake_on_top_of_another_is_still_measured():
     # sqrt(d) too large and no output bias: no single known mistake; the generic message remains
     wrong = lambda x, w, b, wo, bo, n: _attention(x, w, b, wo, bo * 0, n, scale=1.0)  # noqa: E731
-    _fails_with(check.check_mha_forward, wrong, "largest difference")
+    fails(check.check_mha_forward, wrong, "largest difference")

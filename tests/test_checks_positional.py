@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from check_helpers import fails
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `checks` lives at the repo root
-
-from checks import positional as check  # noqa: E402
-from checks.core import CheckFailed  # noqa: E402
-
-
-def _fails_with(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as failure:
-        check_function(answer)
-    message = str(failure.value)
-    for word in words:
-        assert word in message, f"{word!r} not in: {message}"
-
+from checks import positional as check
 
 # --- exercise 1: permutation_gap ---------------------------------------------------------------
 
@@ -51,7 +38,7 @@ def test_permutation_gap_accepts_a_zero_dimensional_tensor():
 ], ids=["inverse-permutation", "output-not-permuted", "signed", "mean", "norm", "tensor",
         "constant"])
 def test_permutation_gap_names_the_mistake(wrong, words):
-    _fails_with(check.check_permutation_gap, wrong, *words)
+    fails(check.check_permutation_gap, wrong, *words)
 
 
 # --- exercise 2: sinusoidal_encoding -----------------------------------------------------------
@@ -97,7 +84,7 @@ def _exponent_from_even_features(n_positions, dim, base=10000.0):
 ], ids=["sin-cos-swapped", "concatenated", "exponent-i-over-d", "exponent-doubled",
         "exponent-sign", "positions-from-1", "base-ignored", "wrong-shape"])
 def test_sinusoidal_encoding_names_the_mistake(wrong, words):
-    _fails_with(check.check_sinusoidal_encoding, wrong, *words)
+    fails(check.check_sinusoidal_encoding, wrong, *words)
 
 
 # --- exercise 3: shift_matrix ------------------------------------------------------------------
@@ -132,7 +119,7 @@ def _block_matrix(k, dim, base=10000.0, *, sign=1.0, exponent=2.0, use_k=True):
     (lambda k, d, base: torch.eye(d), ["misses PE(p + k)"]),
 ], ids=["wrong-direction", "exponent-i-over-d", "forgot-k", "scaled", "identity"])
 def test_shift_matrix_names_the_mistake(wrong, words):
-    _fails_with(check.check_shift_matrix, wrong, *words)
+    fails(check.check_shift_matrix, wrong, *words)
 
 
 # --- exercise 4: rope --------------------------------------------------------------------------
@@ -175,7 +162,7 @@ def test_rope_passes_on_right_answers():
 ], ids=["wrong-direction", "interleaved-pairs", "repeat-interleave", "exponent-i-over-d",
         "start-ignored", "off-by-one", "base-ignored", "no-rotation"])
 def test_rope_names_the_mistake(wrong, words):
-    _fails_with(check.check_rope, wrong, *words)
+    fails(check.check_rope, wrong, *words)
 
 
 # --- exercise 5: rope_scores -------------------------------------------------------------------
@@ -203,4 +190,4 @@ def test_rope_scores_passes_on_a_right_answer():
         "interleaved-pairs", "scaled", "keys-at-q-start", "queries-at-k-start", "no-rotation",
         "wrong-shape"])
 def test_rope_scores_names_the_mistake(wrong, words):
-    _fails_with(check.check_rope_scores, wrong, *words)
+    fails(check.check_rope_scores, wrong, *words)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import fails
 
 from checks import sampling as check
-from checks.core import CheckFailed
 from minigpt.generate import apply_top_k, apply_top_p
 
 NEG_INF = float("-inf")
@@ -18,14 +18,6 @@ NEG_INF = float("-inf")
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Tiny tensors: one thread is as fast, and steadier on a shared machine."""
-
-
-def _fails_with(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as failure:
-        check_function(answer)
-    message = str(failure.value)
-    for word in words:
-        assert word in message, f"{word!r} not in: {message}"
 
 
 def _one_hot_argmax(logits):
@@ -78,14 +70,14 @@ def test_temperature_passes_with_a_float64_answer():
         "nan-at-zero", "zero-division", "argmax-ids", "uniform-at-zero", "tau-one-at-zero",
         "a-list"])
 def test_temperature_names_the_mistake(wrong, words):
-    _fails_with(check.check_temperature, wrong, *words)
+    fails(check.check_temperature, wrong, *words)
 
 
 def test_an_unwritten_exercise_says_so():
     def temperature_probs(logits, tau):
         raise NotImplementedError
 
-    _fails_with(check.check_temperature, temperature_probs, "not written yet")
+    fails(check.check_temperature, temperature_probs, "not written yet")
 
 
 # --- exercise 2: top-k -------------------------------------------------------------------------
@@ -124,7 +116,7 @@ def _top_k_with_zero_fill(logits, k):
 ], ids=["k-plus-one", "k-minus-one", "smallest", "not-renormalised", "zero-fill", "ignored",
         "log-probabilities", "logits", "k-above-vocabulary", "shape"])
 def test_top_k_names_the_mistake(wrong, words):
-    _fails_with(check.check_top_k, wrong, *words)
+    fails(check.check_top_k, wrong, *words)
 
 
 # --- exercise 3: top-p -------------------------------------------------------------------------
@@ -173,14 +165,14 @@ def test_top_p_passes_on_right_answers():
 ], ids=["crossing-token-excluded", "one-too-many", "ascending", "not-renormalised",
         "not-scattered", "ignored", "log-probabilities", "logits", "other"])
 def test_top_p_names_the_mistake(wrong, words):
-    _fails_with(check.check_top_p, wrong, *words)
+    fails(check.check_top_p, wrong, *words)
 
 
 def test_an_empty_nucleus_is_explained():
     def top_p_guarded(logits, p):  # excludes the crossing token, and hides the NaN as zeros
         return top_p_probs(logits, p, count="including").nan_to_num()
 
-    _fails_with(check.check_top_p, top_p_guarded, "crosses p")
+    fails(check.check_top_p, top_p_guarded, "crosses p")
 
 
 # --- exercise 4: the whole rule ----------------------------------------------------------------
@@ -238,7 +230,7 @@ def test_sampling_probs_passes_on_right_answers():
 ], ids=["truncated-before-temperature", "p-before-k", "multiplied", "no-temperature",
         "no-top-k", "no-top-p", "zero-temperature"])
 def test_sampling_probs_names_the_mistake(wrong, words):
-    _fails_with(check.check_sampling_probs, wrong, *words)
+    fails(check.check_sampling_probs, wrong, *words)
 
 
 # --- exercise 5: distinct-n --------------------------------------------------------------------
@@ -296,7 +288,7 @@ def _unordered(samples, n):
         "summed-sets", "window",
         "unordered", "count", "per-token", "one-minus", "constant", "no-return"])
 def test_distinct_n_names_the_mistake(wrong, words):
-    _fails_with(check.check_distinct_n, wrong, *words)
+    fails(check.check_distinct_n, wrong, *words)
 
 
 # --- exercise 6: the KV cache ------------------------------------------------------------------
@@ -378,7 +370,7 @@ def _cache_in_model_layout(layer, x, cache):
 ], ids=["prefill-unmasked", "appended-after", "top-left-mask", "wrong-cat-dim", "not-stored",
         "prepended", "no-scale", "scale-sqrt-C", "k-v-swapped", "cache-layout", "no-cache"])
 def test_kv_cache_names_the_mistake(wrong, words):
-    _fails_with(check.check_kv_cache, wrong, *words)
+    fails(check.check_kv_cache, wrong, *words)
 
 
 def test_a_cache_that_grows_along_the_wrong_axis_is_named(monkeypatch):
@@ -389,4 +381,4 @@ def test_a_cache_that_grows_along_the_wrong_axis_is_named(monkeypatch):
         return y, (k, v)
 
     monkeypatch.setattr(check, "CACHE_CASES", [(1, 1, 4)])
-    _fails_with(check.check_kv_cache, heads_axis, "dim 1", "dim 2")
+    fails(check.check_kv_cache, heads_axis, "dim 1", "dim 2")

@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import fails, unwritten
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `checks` lives at the repo root
-from checks import scaling_up as check  # noqa: E402
-from checks.core import CheckFailed  # noqa: E402
-from minigpt.model import GPT, GPT2_SIZES, GPTConfig  # noqa: E402
+from checks import scaling_up as check
+from minigpt.model import GPT, GPT2_SIZES, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def fails(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as failure:
-        check_function(answer)
-    message = str(failure.value)
-    for word in words:
-        assert word in message, message
-    return message
-
-
-def unwritten(*args, **kwargs):
-    raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- eq. (13.2)

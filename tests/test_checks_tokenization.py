@@ -6,19 +6,10 @@ from collections import Counter
 from itertools import pairwise
 
 import pytest
+from check_helpers import fails
 
 from checks import tokenization as check
-from checks.core import CheckFailed
 from minigpt.tokenizer import BPETokenizer, compression_ratio, merge, pair_counts
-
-
-def fails_with(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as error:
-        check_function(answer)
-    message = str(error.value)
-    for word in words:
-        assert word in message, f"{word!r} not in: {message}"
-    return message
 
 
 def todo(*args):
@@ -64,7 +55,7 @@ def test_utf8_passes_on_a_hand_written_encoder_and_on_the_codec(capsys):
     (todo, ["not written yet"]),
 ])
 def test_utf8_names_the_mistake(wrong, words):
-    fails_with(check.check_utf8_bytes, wrong, *words)
+    fails(check.check_utf8_bytes, wrong, *words)
 
 
 def test_utf8_without_lead_marker():
@@ -75,7 +66,7 @@ def test_utf8_without_lead_marker():
             out[0] &= {2: 0x1F, 3: 0x0F, 4: 0x07}[len(encoded)]
         return out
 
-    fails_with(check.check_utf8_bytes, no_lead, "lead byte", "0b110xxxxx")
+    fails(check.check_utf8_bytes, no_lead, "lead byte", "0b110xxxxx")
 
 
 # ---- exercise 2: compression ratio --------------------------------------------------------------
@@ -95,7 +86,7 @@ def test_compression_ratio_passes_on_the_package(capsys):
     (todo, ["not written yet"]),
 ])
 def test_compression_ratio_names_the_mistake(wrong, words):
-    fails_with(check.check_compression_ratio, wrong, *words)
+    fails(check.check_compression_ratio, wrong, *words)
 
 
 # ---- exercise 3: pair counts --------------------------------------------------------------------
@@ -120,7 +111,7 @@ def test_pair_counts_passes_on_the_package_and_a_counter(capsys):
     (todo, ["not written yet"]),
 ])
 def test_pair_counts_names_the_mistake(wrong, words):
-    fails_with(check.check_pair_counts, wrong, *words)
+    fails(check.check_pair_counts, wrong, *words)
 
 
 def test_pair_counts_must_not_edit_its_input():
@@ -129,7 +120,7 @@ def test_pair_counts_must_not_edit_its_input():
         ids.clear()
         return counts
 
-    fails_with(check.check_pair_counts, destructive, "changed the list")
+    fails(check.check_pair_counts, destructive, "changed the list")
 
 
 # ---- exercise 4: one merge step -----------------------------------------------------------------
@@ -184,7 +175,7 @@ def merge_in_place(ids, pair, new_id):
     (todo, ["not written yet"]),
 ])
 def test_merge_names_the_mistake(wrong, words):
-    fails_with(check.check_merge, wrong, *words)
+    fails(check.check_merge, wrong, *words)
 
 
 # ---- exercise 5: a tiny BPE trainer -------------------------------------------------------------
@@ -234,7 +225,7 @@ def test_train_passes_on_a_loop_and_on_the_package(capsys):
     (todo, ["not written yet"]),
 ])
 def test_train_names_the_mistake(wrong, words):
-    fails_with(check.check_train_bpe, wrong, *words)
+    fails(check.check_train_bpe, wrong, *words)
 
 
 # ---- exercise 6: encoding with the merges -------------------------------------------------------
@@ -308,7 +299,7 @@ def test_encode_passes_on_both_ways_of_applying_the_merges(capsys):
     (todo, ["not written yet"]),
 ])
 def test_encode_names_the_mistake(wrong, words):
-    fails_with(check.check_encode, wrong, *words)
+    fails(check.check_encode, wrong, *words)
 
 
 # ---- exercise 7: " the" and "the" ---------------------------------------------------------------
@@ -328,4 +319,4 @@ def test_leading_space_passes_on_the_right_answer(capsys):
     ("e", ["one of"]),
 ])
 def test_leading_space_explains_wrong_answers(answer, words):
-    fails_with(check.check_leading_space, answer, *words)
+    fails(check.check_leading_space, answer, *words)

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import fails
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `checks` lives at the repo root
-
-from checks import transformer_block as check  # noqa: E402
-from checks.core import CheckFailed  # noqa: E402
-
-
-def _fails_with(check_function, answer, *words):
-    with pytest.raises(CheckFailed) as failure:
-        check_function(answer)
-    message = str(failure.value)
-    for word in words:
-        assert word in message, f"{word!r} not in: {message}"
-
+from checks import transformer_block as check
 
 # --- exercise 1: layer_norm --------------------------------------------------------------------
 
@@ -67,7 +54,7 @@ def _no_eps(x, gamma, beta, eps=1e-5):
         "no-eps", "divided-by-variance", "no-affine", "gamma-beta-swapped", "eps-ignored",
         "wrong-shape"])
 def test_layer_norm_names_the_mistake(wrong, words):
-    _fails_with(check.check_layer_norm, wrong, *words)
+    fails(check.check_layer_norm, wrong, *words)
 
 
 # --- exercise 2: gelu_tanh ---------------------------------------------------------------------
@@ -102,7 +89,7 @@ def test_gelu_tanh_passes_on_right_answers():
 ], ids=["exact-erf", "no-half", "gate-only", "two-over-pi", "sqrt-pi-over-2", "no-sqrt",
         "no-cubic", "cubic-outside", "relu", "sigmoid", "other"])
 def test_gelu_tanh_names_the_mistake(wrong, words):
-    _fails_with(check.check_gelu_tanh, wrong, *words)
+    fails(check.check_gelu_tanh, wrong, *words)
 
 
 # --- exercise 3: block_parameter_count ---------------------------------------------------------
@@ -132,7 +119,7 @@ def test_block_parameter_count_passes_on_a_right_answer():
 ], ids=["no-layer-norms", "layer-norm-gamma-only", "no-ffn-biases", "biases-when-false",
         "no-gammas-when-false", "ffn-width-C", "weights-only", "off-by-half", "not-a-number"])
 def test_block_parameter_count_names_the_mistake(wrong, words):
-    _fails_with(check.check_block_parameter_count, wrong, *words)
+    fails(check.check_block_parameter_count, wrong, *words)
 
 
 # --- exercise 4: pre_ln_block ------------------------------------------------------------------
@@ -169,4 +156,4 @@ def _normalised_stream(x, ln_1, attn, ln_2, mlp):
         "normalised-stream", "ln1-twice", "mlp-unnormalised", "no-layer-norms", "mlp-first",
         "no-mlp"])
 def test_pre_ln_block_names_the_mistake(wrong, words):
-    _fails_with(check.check_pre_ln_block, wrong, *words)
+    fails(check.check_pre_ln_block, wrong, *words)
