@@ -47,6 +47,21 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now names no process
+    path = tmp_path / "ckpt.pt"
+    stale = tmp_path / f".ckpt.pt.{dead.pid}.tmp"
+    live = tmp_path / f".ckpt.pt.{os.getppid()}.tmp"  # a running process's file is kept
+    other = tmp_path / f".other.pt.{dead.pid}.tmp"  # another checkpoint's file is not ours
+    for f in (stale, live, other):
+        f.write_bytes(b"half a checkpoint")
+    save_checkpoint({"model": {}}, path)
+    assert not stale.exists()
+    assert live.exists() and other.exists()
+    assert load_checkpoint(path) == {"model": {}}
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint") as error:
         load_checkpoint(tmp_path / "ckpt.pt")
