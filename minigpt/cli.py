@@ -35,6 +35,7 @@ class SampleConfig:
     top_k: int | None = 50
     top_p: float | None = None
     seed: int = 1
+    stop_at_eot: bool = True  # end a sample where the model ends its document
     device: str = "auto"
 
 
@@ -172,7 +173,8 @@ def cmd_sample(args) -> int:
             print(f"--- sample {i + 1} ---")
         text = generate_text(model, tokenizer, config.prompt, config.max_new_tokens,
                              seed=config.seed + i, temperature=config.temperature,
-                             top_k=config.top_k, top_p=config.top_p)
+                             top_k=config.top_k, top_p=config.top_p,
+                             stop_at_eot=config.stop_at_eot)
         print(text)
     return 0
 

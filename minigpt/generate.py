@@ -141,15 +141,21 @@ def _next_logits(model, idx, caches: list[KVCache] | None, block_size: int) -> t
 
 
 def generate_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 0,
-                temperature: float = 0.8, top_k: int | None = 50, top_p=None) -> str:
-    """Decode `max_new_tokens` sampled tokens after `prompt` (seeded)."""
+                  temperature: float = 0.8, top_k: int | None = 50, top_p=None,
+                  stop_at_eot: bool = False) -> str:
+    """Decode up to `max_new_tokens` sampled tokens after `prompt` (seeded). With `stop_at_eot`
+    the text ends where the model writes end-of-text (the document is over), when the tokenizer
+    has that token."""
     ids = tokenizer.encode(prompt) if prompt else []
     if not ids:  # an empty prompt starts from end-of-text, or a newline
         ids = [tokenizer.eot_token] if tokenizer.eot_token is not None else tokenizer.encode("\n")
+    eot = tokenizer.eot_token if stop_at_eot else None
     device = model.device
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                         generator=generator)
-    new = [t for t in out[0, len(ids):].tolist() if t < tokenizer.vocab_size]
-    return prompt + tokenizer.decode(new)
+                         eos_token=eot, generator=generator)
+    new = out[0, len(ids):].tolist()
+    if eot is not None and eot in new:
+        new = new[:new.index(eot)]
+    return prompt + tokenizer.decode([t for t in new if t < tokenizer.vocab_size])

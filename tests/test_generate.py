@@ -326,3 +326,20 @@ def test_generate_text_continues_the_prompt_reproducibly():
     ids = model.generate(torch.tensor([[10]]), 5, temperature=1.0,
                          generator=torch.Generator().manual_seed(0))[0, 1:].tolist()
     assert empty == bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+def test_generate_text_can_stop_where_the_model_ends_its_document():
+    from minigpt.generate import generate_text
+    from minigpt.tokenizer import ByteTokenizer
+
+    model = make_model(vocab_size=256, block_size=16)
+    free = model.generate(torch.tensor([[97, 98]]), 12, temperature=1.0,
+                          generator=torch.Generator().manual_seed(3))[0, 2:].tolist()
+    tokenizer = ByteTokenizer()
+    tokenizer.eot_token = free[4]  # pretend the fifth draw is end-of-text
+    cut = free[:free.index(free[4])]
+    text = generate_text(model, tokenizer, "ab", 12, seed=3, temperature=1.0, top_k=None,
+                         stop_at_eot=True)
+    assert text == "ab" + bytes(cut).decode("utf-8", errors="replace")
+    kept = generate_text(model, tokenizer, "ab", 12, seed=3, temperature=1.0, top_k=None)
+    assert kept == "ab" + bytes(free).decode("utf-8", errors="replace")
