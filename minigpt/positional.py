@@ -53,7 +53,14 @@ def sinusoidal_shift_matrix(k: int, dim: int, base: float = 10000.0) -> torch.Te
 
 
 class SinusoidalPositionalEncoding(nn.Module):
-    """Fixed sinusoidal table (eq. 5.2), added to the token embeddings; no parameters."""
+    """Fixed sinusoidal table (eq. 5.2), added to the token embeddings; no parameters.
+
+    Scale: the entries lie in [-1, 1] (root mean square 1/√2), while GPT-2's initialisation draws
+    token embeddings with standard deviation 0.02, so at the start of training the positions
+    dominate the residual stream. The original Transformer multiplied its token embeddings by
+    √d_model to balance the two; minigpt keeps one initialisation for every encoding, and the
+    token embeddings must grow during training instead.
+    """
 
     def __init__(self, n_positions: int, dim: int, base: float = 10000.0):
         super().__init__()
