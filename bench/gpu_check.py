@@ -33,72 +33,26 @@ from pathlib import Path
 
 import torch
 
-from minigpt import platform
+from minigpt import benchmark, platform
 from minigpt.model import GPT, GPTConfig
-from minigpt.train import TrainConfig, Trainer
+from minigpt.train import TrainConfig
 
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
 TINY = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512)
 
 
-class SyntheticTokens:
-    """Token batches made on the device, so no data loading enters the measurement.
-
-    pattern=True draws sequences that follow a fixed random successor table (token → next
-    token), which a model can learn; pattern=False draws uniform noise.
-    """
-
-    def __init__(self, vocab_size, block_size, batch_size, device, pattern=False, seed=0):
-        self.shape = (batch_size, block_size + 1)
-        self.vocab_size, self.device, self.pattern = vocab_size, device, pattern
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.step = 0
-        # the learnable pattern lives on the first 512 ids, so a few steps can show learning
-        self.pattern_vocab = min(vocab_size, 512)
-        self.successor = torch.randperm(self.pattern_vocab, generator=self.generator,
-                                        device=device)
-
-    def next_batch(self, device=None):
-        if self.pattern:
-            first = torch.randint(0, self.pattern_vocab, (self.shape[0], 1), device=self.device,
-                                  generator=self.generator)
-            columns = [first]
-            for _ in range(self.shape[1] - 1):
-                columns.append(self.successor[columns[-1]])
-            tokens = torch.cat(columns, dim=1)
-        else:
-            tokens = torch.randint(0, self.vocab_size, self.shape, device=self.device,
-                                   generator=self.generator)
-        self.step += 1
-        return tokens[:, :-1], tokens[:, 1:]
-
-    def state_dict(self):
-        return {"step": self.step}
-
-    def load_state_dict(self, state):
-        self.step = state["step"]
-
-
 def make_trainer(sizes, device, dtype, compile_, batch, accum, out_dir, pattern=False):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**sizes))
-    config = TrainConfig(
+    config = train_config(sizes, device, dtype, compile_, batch, accum, out_dir)
+    return benchmark.make_trainer(config, vocab_size=sizes["vocab_size"], pattern=pattern)
+
+
+def train_config(sizes, device, dtype, compile_, batch, accum, out_dir) -> TrainConfig:
+    return TrainConfig(
         out_dir=out_dir, n_layer=sizes["n_layer"], n_head=sizes["n_head"],
         n_embd=sizes["n_embd"], block_size=sizes["block_size"], batch_size=batch,
         grad_accum_steps=accum, device=str(device), dtype=dtype, compile=compile_,
         learning_rate=6e-4, min_lr=6e-5, warmup_iters=5, max_iters=10_000, progress=False,
     )
-    data = SyntheticTokens(sizes["vocab_size"], sizes["block_size"], batch, device, pattern)
-    return Trainer(config, model=model, train_data=data)
-
-
-def timed_steps(trainer, steps, device):
-    platform.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = trainer.train_step()
-    loss = loss.item()  # waits for the last step
-    return time.perf_counter() - start, loss
 
 
 def phase_matmul(device, tiny):
@@ -136,26 +90,8 @@ def phase_precision(device, sizes, tiny, out_dir):
 def phase_training(device, sizes, compile_, tiny, out_dir, batch, accum):
     warmup, steps = (2, 3) if tiny else (8, 30)
     dtype = "float32" if device.type == "cpu" else "bfloat16"
-    start = time.perf_counter()
-    trainer = make_trainer(sizes, device, dtype, compile_, batch, accum, out_dir)
-    timed_steps(trainer, warmup, device)  # includes compilation when compile_ is on
-    warmup_seconds = time.perf_counter() - start
-    seconds, loss = timed_steps(trainer, steps, device)
-    tokens = steps * accum * batch * sizes["block_size"]
-    tokens_per_s = tokens / seconds
-    flops = trainer.flops_per_token
-    peak = platform.peak_flops(device, trainer.dtype)
-    result = {
-        "compile": compile_, "dtype": dtype, "batch_size": batch, "grad_accum_steps": accum,
-        "seq_len": sizes["block_size"], "steps": steps, "seconds": seconds,
-        "warmup_and_compile_seconds": warmup_seconds, "tokens_per_s": tokens_per_s,
-        "flops_per_token": flops, "achieved_tflops": flops * tokens_per_s / 1e12,
-        "peak_tflops": peak / 1e12 if peak else None,
-        "mfu": flops * tokens_per_s / peak if peak else None, "final_loss": loss,
-        "compile_active": trainer.train_model is not trainer.model,
-        "max_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
-    }
-    del trainer
+    config = train_config(sizes, device, dtype, compile_, batch, accum, out_dir)
+    result = benchmark.measure_training(config, steps, warmup, vocab_size=sizes["vocab_size"])
     _free(device)
     return result
 
@@ -263,7 +199,7 @@ def main(argv=None) -> int:
 
 def _summary(result: dict) -> str:
     keys = ("error", "skipped", "tflops", "agree", "relative_gap_last", "tokens_per_s", "mfu",
-            "warmup_and_compile_seconds", "tokens_per_s_cache", "tokens_per_s_no_cache",
+            "warmup_seconds", "tokens_per_s_cache", "tokens_per_s_no_cache",
             "hf_tokens_per_s_cache", "cache_matches_no_cache", "hf_matching_prefix_tokens")
     parts = []
     for key in keys:

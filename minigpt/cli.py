@@ -1,4 +1,4 @@
-"""The `minigpt` command: prepare data, train, sample, evaluate.
+"""The `minigpt` command: prepare data, train, sample, evaluate, finetune, benchmark.
 
     minigpt train                                   train the `tiny` preset on the stdlib corpus
     minigpt train --config tiny max_iters=60 out_dir=runs/a
@@ -7,6 +7,7 @@
     minigpt eval out_dir=runs/a
     minigpt finetune --method lora base=runs/a data=train.jsonl out_dir=runs/ft
     minigpt prepare --config shakespeare-char
+    minigpt bench --config gpt2-124m                tokens/s and MFU of a preset on this machine
 
 Settings are `KEY=VALUE` pairs on top of `--config NAME_OR_TOML`; `minigpt train --help` lists
 them. Errors in what you typed are reported in one line, without a traceback.
@@ -100,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--resume", action="store_true",
                           help="continue the checkpoint in out_dir/train")
     finetune.add_argument("settings", nargs="*", metavar="KEY=VALUE")
+
+    bench = sub.add_parser(
+        "bench", help="training tokens/s, FLOP/s and MFU of a preset on this machine",
+        description="Time the real training step of a config on synthetic tokens (no data, no "
+        "checkpoint): tokens/s, achieved FLOP/s and, on a GPU with a known peak, MFU.",
+        epilog=_settings_help(TrainConfig), formatter_class=raw)
+    bench.add_argument("--config", default="tiny", help=f"a preset ({presets}) or a .toml file")
+    bench.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    bench.add_argument("--warmup", type=int, default=3,
+                       help="untimed steps first, compilation included (default 3)")
+    bench.add_argument("--json", default=None, help="also write the figures to this file")
+    bench.add_argument("settings", nargs="*", metavar="KEY=VALUE")
     return parser
 
 
@@ -202,8 +215,24 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import json
+    from pathlib import Path
+
+    from minigpt import benchmark
+    from minigpt.train import TrainConfig
+
+    settings = [f"out_dir={benchmark.scratch_dir()}", "progress=False", *args.settings]
+    config = configs.build(TrainConfig, args.config, settings)
+    result = benchmark.measure_training(config, steps=args.steps, warmup=args.warmup)
+    print(benchmark.format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample, "eval": cmd_eval,
-            "finetune": cmd_finetune}
+            "finetune": cmd_finetune, "bench": cmd_bench}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -128,6 +128,7 @@ def test_train_help_in_a_shell(module_env, tmp_path):
 @pytest.mark.parametrize("command, setting", [
     ("train", "learning_rate=0.002"), ("prepare", "tokenizer='byte'"),
     ("sample", "max_new_tokens=200"), ("eval", "max_batches=200"),
+    ("finetune", "method='lora'"), ("bench", "batch_size=16"),
 ])
 def test_every_subcommand_has_help(capsys, command, setting):
     with pytest.raises(SystemExit) as exit_info:
@@ -142,7 +143,7 @@ def test_top_level_help_lists_the_commands(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "prepare", "sample", "eval"):
+    for command in ("train", "prepare", "sample", "eval", "finetune", "bench"):
         assert command in out
 
 
