@@ -14,13 +14,12 @@ MFU rather than a guess.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from minigpt import platform
+from minigpt.metrics import mfu
 
 
 class SyntheticTokens:
@@ -64,18 +63,17 @@ class SyntheticTokens:
 def vocab_size_of(tokenizer: str) -> int:
     """The vocabulary a `TrainConfig.tokenizer` setting gives, without reading a corpus. A
     character vocabulary depends on the text; 256 stands in for it (its cost is tiny)."""
-    if tokenizer == "gpt2":
-        return 50257
-    if tokenizer in ("byte", "char"):
-        return 256
-    if tokenizer.startswith("bpe:"):
-        return int(tokenizer.split(":", 1)[1])
-    if Path(tokenizer).is_file():
-        from minigpt.tokenizer import load_tokenizer
+    from minigpt.tokenizer import load_tokenizer
 
+    if tokenizer == "char":
+        return 256
+    size = tokenizer.removeprefix("bpe:")
+    if size != tokenizer and size.isdigit():
+        return int(size)
+    try:  # "byte", "gpt2" or a tokenizer.json, exactly as training would load it
         return load_tokenizer(tokenizer).vocab_size
-    raise ValueError(f"tokenizer={tokenizer!r}: expected 'byte', 'char', 'gpt2', 'bpe:<size>' "
-                     "or a tokenizer.json file")
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"tokenizer={tokenizer!r}: {exc}") from None
 
 
 def make_trainer(config, vocab_size: int | None = None, pattern: bool = False, seed: int = 0):
@@ -118,8 +116,7 @@ def measure_training(config, steps: int = 20, warmup: int = 3,
     # accumulation as the Trainer derives it (total_batch_tokens may set it)
     tokens = steps * trainer.grad_accum_steps * config.batch_size * config.block_size
     tokens_per_s = tokens / seconds
-    flops = trainer.flops_per_token
-    peak = trainer.peak_flops
+    flops, peak = trainer.flops_per_token, trainer.peak_flops
     return {
         "device": str(trainer.device), "dtype": str(trainer.dtype).replace("torch.", ""),
         "compile": config.compile, "compile_active": trainer.train_model is not trainer.model,
@@ -129,14 +126,14 @@ def measure_training(config, steps: int = 20, warmup: int = 3,
         "tokens_per_s": tokens_per_s, "flops_per_token": flops,
         "achieved_tflops": flops * tokens_per_s / 1e12,
         "peak_tflops": peak / 1e12 if peak else None,
-        "mfu": flops * tokens_per_s / peak if peak else None, "final_loss": loss,
+        "mfu": mfu(flops, tokens_per_s, peak), "final_loss": loss,
         "max_memory_gb": (torch.cuda.max_memory_allocated(trainer.device) / 1e9
                           if trainer.device.type == "cuda" else None),
     }
 
 
 def format_report(result: dict) -> str:
-    mfu = (f"MFU {100 * result['mfu']:.1f}% of {result['peak_tflops']:.0f} TFLOP/s"
+    utilisation = (f"MFU {100 * result['mfu']:.1f}% of {result['peak_tflops']:.0f} TFLOP/s"
            if result["mfu"] is not None else "MFU: no known peak for this device")
     memory = (f", peak memory {result['max_memory_gb']:.1f} GB"
               if result["max_memory_gb"] is not None else "")
@@ -146,10 +143,6 @@ def format_report(result: dict) -> str:
         f"{result['grad_accum_steps']} micro-batches x {result['seq_len']} tokens\n"
         f"{result['steps']} steps in {result['seconds']:.2f} s after "
         f"{result['warmup_seconds']:.1f} s of warm-up: {result['tokens_per_s']:,.0f} tokens/s, "
-        f"{result['achieved_tflops']:.3g} TFLOP/s, {mfu}{memory}"
+        f"{result['achieved_tflops']:.3g} TFLOP/s, {utilisation}{memory}"
     )
 
-
-def scratch_dir() -> str:
-    """A throwaway out_dir: a benchmark writes no checkpoint worth keeping."""
-    return tempfile.mkdtemp(prefix="minigpt_bench_")

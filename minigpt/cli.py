@@ -217,14 +217,16 @@ def cmd_finetune(args) -> int:
 
 def cmd_bench(args) -> int:
     import json
+    import tempfile
     from pathlib import Path
 
     from minigpt import benchmark
     from minigpt.train import TrainConfig
 
-    settings = [f"out_dir={benchmark.scratch_dir()}", "progress=False", *args.settings]
-    config = configs.build(TrainConfig, args.config, settings)
-    result = benchmark.measure_training(config, steps=args.steps, warmup=args.warmup)
+    with tempfile.TemporaryDirectory(prefix="minigpt_bench_") as scratch:  # nothing to keep
+        config = configs.build(TrainConfig, args.config,
+                               [f"out_dir={scratch}", "progress=False", *args.settings])
+        result = benchmark.measure_training(config, steps=args.steps, warmup=args.warmup)
     print(benchmark.format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
