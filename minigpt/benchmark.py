@@ -51,6 +51,8 @@ class SyntheticTokens:
             tokens = torch.randint(0, self.vocab_size, self.shape, device=self.device,
                                    generator=self.generator)
         self.step += 1
+        if device is not None:  # the Trainer's device (under torchrun, this rank's GPU)
+            tokens = tokens.to(device)
         return tokens[:, :-1], tokens[:, 1:]
 
     def state_dict(self):
