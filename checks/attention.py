@@ -21,8 +21,11 @@ from checks.core import (
     close,
     close_or_diagnose,
     diagnose,
+    fresh_case,
+    fresh_seed,
     passed,
     require,
+    require_measured,
     same_shape,
 )
 
@@ -35,14 +38,50 @@ def check_score_variances(score_variances) -> None:
     n_pairs = 4000
     for d_k in (4, 64, 512):
         torch.manual_seed(d_k)
-        result = call(score_variances, d_k, n_pairs)
-        if not (isinstance(result, tuple | list) and len(result) == 2):
-            raise CheckFailed("score_variances should return two numbers: (raw, scaled)")
-        raw, scaled = (as_number(value, name) for value, name in zip(
-            result, ("the raw variance", "the scaled variance"), strict=True))
+        raw, scaled = _variances_of(score_variances, d_k, n_pairs)
+        _check_raw_variance(raw, d_k)
+        _check_scaled_variance(scaled, d_k)
+    _check_measured(score_variances)
+    seed = fresh_seed()
+    with fresh_case(seed):  # a d_k that no one could know in advance
+        d_k = 5 + seed % 300
+        raw, scaled = _variances_of(score_variances, d_k, n_pairs)
         _check_raw_variance(raw, d_k)
         _check_scaled_variance(scaled, d_k)
     passed("score_variances")
+
+
+def _variances_of(score_variances, d_k: int, n_pairs: int) -> tuple[float, float]:
+    result = call(score_variances, d_k, n_pairs)
+    if not (isinstance(result, tuple | list) and len(result) == 2):
+        raise CheckFailed("score_variances should return two numbers: (raw, scaled)")
+    raw, scaled = (as_number(value, name) for value, name in zip(
+        result, ("the raw variance", "the scaled variance"), strict=True))
+    return raw, scaled
+
+
+# The spread of a variance measured on few pairs: q·k has variance d_k and fourth moment
+# 3d_k² + 6d_k, so the sample variance of n of them has standard deviation about
+# √((2d_k² + 6d_k) / n), i.e. d_k·√((2 + 6/d_k) / n) (and the same relative spread after /√d_k).
+SPREAD_D_K, SPREAD_PAIRS, SPREAD_SEEDS = 16, 64, 16
+
+
+def _check_measured(score_variances) -> None:
+    """Under different seeds a measurement on 64 pairs must move, by about its sampling noise:
+    a function that returns (d_k, 1.0), or seeds itself, does not."""
+    d_k, n = SPREAD_D_K, SPREAD_PAIRS
+    first = fresh_seed()
+    raws, scaleds = [], []
+    with torch.random.fork_rng(devices=[]):  # the learner's global RNG comes back unchanged
+        for seed in range(first, first + SPREAD_SEEDS):
+            torch.manual_seed(seed)
+            raw, scaled = _variances_of(score_variances, d_k, n)
+            raws.append(raw)
+            scaleds.append(scaled)
+    relative = math.sqrt((2 + 6 / d_k) / n)
+    call_text = f"score_variances({d_k}, n_pairs={n})"
+    require_measured(raws, f"the raw variance of {call_text}", n, d_k * relative)
+    require_measured(scaleds, f"the scaled variance of {call_text}", n, relative)
 
 
 def _near(value: float, target: float, rel: float = 0.15) -> bool:
@@ -137,40 +176,49 @@ def _compare(result, expected, mistakes: dict, where: str) -> None:
 
 def check_padded_attention(attention) -> None:
     """`attention(q, k, v, key_mask)` -> (out, weights); key_mask (B, S) True = a real token."""
-    from minigpt.attention import scaled_dot_product_attention
-
     generator = torch.Generator().manual_seed(0)
     cases = [(2, 3, 5, 16, 3, [4, 2]), (3, 4, 4, 9, 2, [1, 3, 2]), (1, 2, 6, 1, 4, [5])]
     for B, L, S, d_k, d_v, lengths in cases:
-        q = 2 * torch.randn(B, L, d_k, generator=generator)
-        k = 2 * torch.randn(B, S, d_k, generator=generator)
-        v = torch.randn(B, S, d_v, generator=generator)
-        key_mask = torch.arange(S)[None, :] < torch.tensor(lengths)[:, None]  # (B, S)
-        allowed = key_mask[:, None, :]  # (B, 1, S): the same keys for every query
-        expected = _attend(q, k, v, allowed)
-        package = scaled_dot_product_attention(q, k, v, mask=allowed, return_weights=True)
-        torch_out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        torch.testing.assert_close(package[0], expected[0])  # the references agree
-        torch.testing.assert_close(torch_out, expected[0], rtol=1e-4, atol=1e-5)
-
-        result = _attention_result(call(attention, q.clone(), k.clone(), v.clone(),
-                                        key_mask.clone()), "attention")
-        where = f"for B = {B}, L = {L}, S = {S}, d_k = {d_k}, key lengths {lengths}"
-        mistakes = _scale_mistakes(q, k, v, allowed)
-        mistakes.update({
-            "the mask is inverted: True in key_mask marks a real token that may be attended; "
-            "you masked the real tokens and kept the padding": _attend(q, k, v, ~allowed),
-            "the padded keys still get weight: the mask was not applied to the scores":
-                _attend(q, k, v, None),
-            "the padded keys were zeroed after the softmax, so the weights no longer sum to 1: "
-            "mask the scores with -inf *before* the softmax": _attend(q, k, v, allowed,
-                                                                       after_softmax=True),
-            "masked scores were set to 0, but exp(0) = 1 still gives a padded key weight: fill "
-            "them with -inf (float('-inf'))": _attend(q, k, v, allowed, fill=0.0),
-        })
-        _compare(result, expected, mistakes, where)
-        _no_weight_on_padding(result[1], key_mask, where)
+        _check_padded_case(attention, generator, B, L, S, d_k, d_v, lengths)
+    with fresh_case(fresh_seed()) as generator:  # sizes and lengths no one knew in advance
+        B, L, S, d_k, d_v = (int(torch.randint(low, high, (), generator=generator))
+                             for low, high in ((1, 4), (1, 6), (2, 8), (2, 20), (1, 6)))
+        lengths = torch.randint(1, S + 1, (B,), generator=generator).tolist()
+        _check_padded_case(attention, generator, B, L, S, d_k, d_v, lengths)
     passed("padded attention")
+
+
+def _check_padded_case(attention, generator, B, L, S, d_k, d_v, lengths) -> None:
+    from minigpt.attention import scaled_dot_product_attention
+
+    q = 2 * torch.randn(B, L, d_k, generator=generator)
+    k = 2 * torch.randn(B, S, d_k, generator=generator)
+    v = torch.randn(B, S, d_v, generator=generator)
+    key_mask = torch.arange(S)[None, :] < torch.tensor(lengths)[:, None]  # (B, S)
+    allowed = key_mask[:, None, :]  # (B, 1, S): the same keys for every query
+    expected = _attend(q, k, v, allowed)
+    package = scaled_dot_product_attention(q, k, v, mask=allowed, return_weights=True)
+    torch_out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    torch.testing.assert_close(package[0], expected[0])  # the references agree
+    torch.testing.assert_close(torch_out, expected[0], rtol=1e-4, atol=1e-5)
+
+    result = _attention_result(call(attention, q.clone(), k.clone(), v.clone(),
+                                    key_mask.clone()), "attention")
+    where = f"for B = {B}, L = {L}, S = {S}, d_k = {d_k}, key lengths {lengths}"
+    mistakes = _scale_mistakes(q, k, v, allowed)
+    mistakes.update({
+        "the mask is inverted: True in key_mask marks a real token that may be attended; "
+        "you masked the real tokens and kept the padding": _attend(q, k, v, ~allowed),
+        "the padded keys still get weight: the mask was not applied to the scores":
+            _attend(q, k, v, None),
+        "the padded keys were zeroed after the softmax, so the weights no longer sum to 1: "
+        "mask the scores with -inf *before* the softmax": _attend(q, k, v, allowed,
+                                                                   after_softmax=True),
+        "masked scores were set to 0, but exp(0) = 1 still gives a padded key weight: fill "
+        "them with -inf (float('-inf'))": _attend(q, k, v, allowed, fill=0.0),
+    })
+    _compare(result, expected, mistakes, where)
+    _no_weight_on_padding(result[1], key_mask, where)
 
 
 def _no_weight_on_padding(weights, key_mask, where) -> None:
@@ -186,25 +234,33 @@ def _no_weight_on_padding(weights, key_mask, where) -> None:
 
 def check_causal_attention(causal_attention) -> None:
     """`causal_attention(q, k, v)` -> (out, weights), query i attending to keys j <= i only."""
-    from minigpt.attention import causal_mask, scaled_dot_product_attention
-
     generator = torch.Generator().manual_seed(0)
     for B, T, d_k in [(2, 6, 16), (1, 1, 4), (3, 4, 9)]:
-        q, k, v = (2 * torch.randn(B, T, d_k, generator=generator) for _ in range(3))
-        allowed = causal_mask(T, T)  # (T, T), True where j <= i
-        expected = _attend(q, k, v, allowed)
-        package = scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
-        torch.testing.assert_close(package[1], expected[1])  # the references agree
-        torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, is_causal=True),
-                                   expected[0], rtol=1e-4, atol=1e-5)
-
-        result = _attention_result(call(causal_attention, q.clone(), k.clone(), v.clone()),
-                                   "causal_attention")
-        where = f"for B = {B}, T = {T}, d_k = {d_k}"
-        _check_causal_weights(result[1], expected[1], q, k, v, allowed, where)
-        _check_no_leak(causal_attention, q, k, v)
-        _compare(result, expected, _scale_mistakes(q, k, v, allowed), where)
+        _check_causal_case(causal_attention, generator, B, T, d_k)
+    with fresh_case(fresh_seed()) as generator:  # sizes no one knew in advance
+        B, T, d_k = (int(torch.randint(low, high, (), generator=generator))
+                     for low, high in ((1, 4), (3, 10), (2, 20)))
+        _check_causal_case(causal_attention, generator, B, T, d_k)
     passed("causal attention")
+
+
+def _check_causal_case(causal_attention, generator, B, T, d_k) -> None:
+    from minigpt.attention import causal_mask, scaled_dot_product_attention
+
+    q, k, v = (2 * torch.randn(B, T, d_k, generator=generator) for _ in range(3))
+    allowed = causal_mask(T, T)  # (T, T), True where j <= i
+    expected = _attend(q, k, v, allowed)
+    package = scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
+    torch.testing.assert_close(package[1], expected[1])  # the references agree
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                               expected[0], rtol=1e-4, atol=1e-5)
+
+    result = _attention_result(call(causal_attention, q.clone(), k.clone(), v.clone()),
+                               "causal_attention")
+    where = f"for B = {B}, T = {T}, d_k = {d_k}"
+    _check_causal_weights(result[1], expected[1], q, k, v, allowed, where)
+    _check_no_leak(causal_attention, q, k, v)
+    _compare(result, expected, _scale_mistakes(q, k, v, allowed), where)
 
 
 def _check_causal_weights(weights, expected, q, k, v, allowed, where) -> None:
@@ -267,8 +323,6 @@ def _check_no_leak(causal_attention, q, k, v) -> None:
 
 def check_stable_softmax(softmax) -> None:
     """`softmax(scores)` over the last axis: finite for huge scores, zeros for an all -inf row."""
-    from minigpt.attention import stable_softmax
-
     generator = torch.Generator().manual_seed(0)
     inf = math.inf
     cases = {
@@ -283,29 +337,43 @@ def check_stable_softmax(softmax) -> None:
             torch.tensor([[1.0, 2.0, 3.0], [-inf, -inf, -inf]]),
     }
     for name, scores in cases.items():
-        got = as_tensor(call(softmax, scores.clone()), "the softmax")
-        expected = stable_softmax(scores)  # the package, eq. (3.6) with the empty-row rule
-        finite_rows = torch.isfinite(scores.amax(dim=-1))
-        # PyTorch, an independent implementation, on every row that has an allowed key
-        torch.testing.assert_close(torch.softmax(scores, -1)[finite_rows], expected[finite_rows])
-        if got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-5, atol=1e-7):
-            continue
-        same_shape(got, expected, f"the softmax of {name}")
-        rows_right = torch.allclose(got[finite_rows], expected[finite_rows], rtol=1e-5,
-                                    atol=1e-7)
-        if rows_right and torch.isnan(got[~finite_rows]).any():
-            raise CheckFailed(
-                f"the softmax of {name}: the all -inf row is NaN (its max is -inf, and "
-                "-inf - (-inf) = NaN). Define its weights as zeros, as minigpt does: subtract "
-                "0 where the row max is -inf, and divide by 1 where the sum is 0")
-        diagnosis = diagnose(got, _softmax_mistakes(scores), rtol=1e-5, atol=1e-7)
-        if diagnosis:
-            raise CheckFailed(f"the softmax of {name}: {diagnosis}")
-        if not torch.isfinite(got[finite_rows]).all():
-            raise CheckFailed(f"the softmax of {name} has NaN or inf: exp() overflowed; "
-                              "subtract each row's max first (eq. 3.6)")
-        close(got, expected, f"the softmax of {name}", rtol=1e-5, atol=1e-7)
+        _check_softmax_case(softmax, name, scores)
+    with fresh_case(fresh_seed()) as generator:  # scores no one knew in advance
+        rows, width = (int(torch.randint(low, high, (), generator=generator))
+                       for low, high in ((2, 6), (2, 9)))
+        scale = 10.0 ** float(torch.randint(0, 4, (), generator=generator))
+        scores = scale * torch.randn(rows, width, generator=generator)
+        scores[torch.rand(rows, width, generator=generator) < 0.3] = -inf  # some masked keys
+        scores[0] = -inf  # and one row with no key at all
+        _check_softmax_case(softmax, f"a ({rows}, {width}) tensor of scores of size {scale:g} "
+                            "with masked keys and an all -inf first row", scores)
     passed("stable_softmax")
+
+
+def _check_softmax_case(softmax, name: str, scores: torch.Tensor) -> None:
+    from minigpt.attention import stable_softmax
+
+    got = as_tensor(call(softmax, scores.clone()), "the softmax")
+    expected = stable_softmax(scores)  # the package, eq. (3.6) with the empty-row rule
+    finite_rows = torch.isfinite(scores.amax(dim=-1))
+    # PyTorch, an independent implementation, on every row that has an allowed key
+    torch.testing.assert_close(torch.softmax(scores, -1)[finite_rows], expected[finite_rows])
+    if got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-5, atol=1e-7):
+        return
+    same_shape(got, expected, f"the softmax of {name}")
+    rows_right = torch.allclose(got[finite_rows], expected[finite_rows], rtol=1e-5, atol=1e-7)
+    if rows_right and torch.isnan(got[~finite_rows]).any():
+        raise CheckFailed(
+            f"the softmax of {name}: the all -inf row is NaN (its max is -inf, and "
+            "-inf - (-inf) = NaN). Define its weights as zeros, as minigpt does: subtract "
+            "0 where the row max is -inf, and divide by 1 where the sum is 0")
+    diagnosis = diagnose(got, _softmax_mistakes(scores), rtol=1e-5, atol=1e-7)
+    if diagnosis:
+        raise CheckFailed(f"the softmax of {name}: {diagnosis}")
+    if not torch.isfinite(got[finite_rows]).all():
+        raise CheckFailed(f"the softmax of {name} has NaN or inf: exp() overflowed; "
+                          "subtract each row's max first (eq. 3.6)")
+    close(got, expected, f"the softmax of {name}", rtol=1e-5, atol=1e-7)
 
 
 def _softmax_mistakes(scores) -> dict:

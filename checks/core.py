@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import numbers
+import secrets
 
 import torch
 
@@ -233,3 +235,56 @@ def find_mistake(answers: list, variants, rtol: float = 1e-6, atol: float = 0.0)
         if description and matches(answers, results, rtol, atol):
             return description
     return None
+
+
+# ------------------------------------------------------------ cases nobody can know in advance
+
+def fresh_seed() -> int:
+    """A seed drawn anew at every run: a case built from it cannot be known in advance, so a
+    function that only remembers the answers to a check's fixed examples cannot pass it."""
+    return secrets.randbelow(2**31)
+
+
+@contextlib.contextmanager
+def fresh_case(seed: int):
+    """Run one more case, drawn from `seed` after the fixed ones, and yield its generator.
+
+    The global torch RNG comes back as it was (a notebook's later cells see the numbers they
+    always saw), and a failure inside says that the fixed examples passed but this one did not.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            yield torch.Generator().manual_seed(seed)
+        except CheckFailed as failure:
+            raise CheckFailed(
+                f"your function is right on the check's fixed examples but wrong on a new case "
+                f"drawn at random (seed {seed}): {failure}. An answer that holds only for the "
+                "fixed examples (hard-coded, or looked up) fails here: compute it from the "
+                "arguments") from None
+
+
+def require_measured(values: list[float], what: str, n_samples: int,
+                     expected_spread: float | None = None) -> None:
+    """`values` are one measurement repeated under different seeds: they must differ, and (if
+    `expected_spread`, the standard deviation sampling noise gives) spread about that much."""
+    if max(values) == min(values):
+        raise CheckFailed(
+            f"{what} comes out the same, {values[0]:.6g}, for {len(values)} different seeds: "
+            "measure it on fresh random draws at every call, do not hard-code it (and do not "
+            "call torch.manual_seed inside the function: seeding is the caller's job)")
+    if expected_spread is None:
+        return
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    if spread < expected_spread / 3:
+        raise CheckFailed(
+            f"{what} varies by only ±{spread:.3g} from seed to seed, but a measurement over "
+            f"{n_samples} random samples varies by about ±{expected_spread:.3g}: use the sample "
+            "count you are given, and fresh random draws at every call, not a fixed answer "
+            "with a little noise added")
+    if spread > 3 * expected_spread:
+        raise CheckFailed(
+            f"{what} varies by ±{spread:.3g} from seed to seed, but a measurement over "
+            f"{n_samples} random samples varies by about ±{expected_spread:.3g}: is it measured "
+            "on fewer samples than you were given, or on numbers of another distribution?")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails
+from check_helpers import fails, rejects_remembered_answers
 
 from checks import attention as check
 from minigpt.attention import scaled_dot_product_attention, stable_softmax
@@ -63,6 +63,39 @@ def _raw_and_scaled(d_k, n):
 ])
 def test_score_variances_name_the_mistake(wrong, words):
     fails(check.check_score_variances, wrong, *words)
+
+
+def seeded_inside(d_k, n_pairs):
+    torch.manual_seed(0)  # the same draws at every call: a measurement frozen into a constant
+    return variances(d_k, n_pairs)
+
+
+def with_a_little_noise(d_k, n_pairs):
+    wobble = 1 + 1e-3 * torch.randn(()).item()  # varies, but far less than a real measurement
+    return d_k * wobble, wobble
+
+
+@pytest.mark.parametrize("constant, words", [
+    (lambda d_k, n: (float(d_k), 1.0),
+     ["comes out the same", "different seeds", "do not hard-code"]),
+    (lambda d_k, n: (d_k * 1.01, 0.99), ["comes out the same", "measure it"]),
+    (seeded_inside, ["comes out the same", "torch.manual_seed inside the function"]),
+    (with_a_little_noise, ["varies by only", "a fixed answer with a little noise"]),
+    (lambda d_k, n: variances(d_k, 4000), ["varies by only", "n_pairs=64",
+                                           "use the sample count you are given"]),
+])
+def test_score_variances_reject_an_answer_that_is_not_measured(constant, words):
+    fails(check.check_score_variances, constant, *words)
+
+
+def test_score_variances_leave_the_global_rng_as_the_fixed_cases_leave_it():
+    """The fresh seeds are drawn aside: the cells after the check see the numbers they always
+    saw (the solution notebook runs under strict nbval)."""
+    torch.manual_seed(512)  # the last fixed case seeds 512, and the learner draws after it
+    variances(512)
+    expected = torch.randn(3)
+    check.check_score_variances(variances)
+    torch.testing.assert_close(torch.randn(3), expected, rtol=0, atol=0)
 
 
 # ---- exercise 2: attention with a padding mask --------------------------------------------------
@@ -204,3 +237,15 @@ def uniform_for_empty_rows(s):
 ])
 def test_stable_softmax_names_the_mistake(wrong, words):
     fails(check.check_stable_softmax, wrong, *words)
+
+
+# ---- every check: answers remembered for the fixed examples are not enough ---------------------
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_padded_attention, attention),
+    (check.check_causal_attention, causal),
+    (check.check_stable_softmax, stable_softmax),
+], ids=["padded_attention", "causal_attention", "stable_softmax"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
