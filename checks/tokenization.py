@@ -7,10 +7,20 @@ when the answer is wrong, recomputes the typical wrong answers to say which one 
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from itertools import pairwise
 
-from checks.core import CheckFailed, answered, call, diagnose, passed, require
+from checks.core import (
+    CheckFailed,
+    answered,
+    call,
+    diagnose,
+    fresh_case,
+    fresh_seed,
+    passed,
+    require,
+)
 
 # One chunk holding the whole text: BPE without pre-tokenization, as in section 4 of notebook 01.
 WHOLE_TEXT = r"[\s\S]+"
@@ -33,18 +43,34 @@ MY_TEXT = (
 
 def check_utf8_bytes(utf8_bytes) -> None:
     """`utf8_bytes(text)` returns the UTF-8 bytes of `text` as a list of ints."""
-    from minigpt.tokenizer import ByteTokenizer
-
     for ch in BOUNDARY_CHARS:
         _check_one_char(utf8_bytes, ch)
-    byte_tok = ByteTokenizer()
     for text in SAMPLE_TEXTS:
-        ids = _as_id_list(call(utf8_bytes, text), f"utf8_bytes({text!r})")
-        require(ids == list(text.encode("utf-8")),
-                f"utf8_bytes({text!r}) gives {ids}, expected {list(text.encode('utf-8'))}: every "
-                "character is right on its own, so check how you join the characters' bytes")
-        require(ids == byte_tok.encode(text), "disagrees with minigpt's ByteTokenizer")
+        _check_utf8_text(utf8_bytes, text)
+    seed = fresh_seed()
+    with fresh_case(seed):  # characters of every length class, drawn anew at every run
+        text = _random_text(random.Random(seed), 12)
+        for ch in text:
+            _check_one_char(utf8_bytes, ch)
+        _check_utf8_text(utf8_bytes, text)
     passed("utf8_bytes")
+
+
+def _random_text(rng: random.Random, length: int) -> str:
+    """`length` characters, each from a UTF-8 length class chosen at random (no surrogates)."""
+    ranges = [(0x20, 0x7E), (0x80, 0x7FF), (0x800, 0xD7FF), (0xE000, 0xFFFF),
+              (0x10000, 0x10FFFF)]
+    return "".join(chr(rng.randint(*rng.choice(ranges))) for _ in range(length))
+
+
+def _check_utf8_text(utf8_bytes, text: str) -> None:
+    from minigpt.tokenizer import ByteTokenizer
+
+    ids = _as_id_list(call(utf8_bytes, text), f"utf8_bytes({text!r})")
+    require(ids == list(text.encode("utf-8")),
+            f"utf8_bytes({text!r}) gives {ids}, expected {list(text.encode('utf-8'))}: every "
+            "character is right on its own, so check how you join the characters' bytes")
+    require(ids == ByteTokenizer().encode(text), "disagrees with minigpt's ByteTokenizer")
 
 
 def _check_one_char(utf8_bytes, ch: str) -> None:
@@ -103,13 +129,7 @@ def _as_id_list(value, what: str) -> list[int]:
 
 def check_compression_ratio(ratio) -> None:
     """`ratio(tokenizer, text)` = UTF-8 bytes / tokens, eq. (1.1)."""
-    from minigpt.tokenizer import (
-        BPETokenizer,
-        ByteTokenizer,
-        CharTokenizer,
-        compression_ratio,
-        gpt2_tokenizer,
-    )
+    from minigpt.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, gpt2_tokenizer
 
     text = "Kaffee kostet 3 € im Café; 猫 and 🙂 cost more. the the the"
     tokenizers = {
@@ -119,31 +139,45 @@ def check_compression_ratio(ratio) -> None:
         "GPT-2's tokenizer": gpt2_tokenizer(),
     }
     for name, tokenizer in tokenizers.items():
-        ids = tokenizer.encode(text)
-        n_bytes, n_tokens = len(text.encode("utf-8")), len(ids)
-        expected = n_bytes / n_tokens
-        assert abs(compression_ratio(tokenizer, text) - expected) < 1e-12  # the package agrees
-        got = call(ratio, tokenizer, text)
-        require(isinstance(got, int | float) and not isinstance(got, bool),
-                f"the ratio should be a number, got {type(got).__name__}")
-        if abs(got - expected) <= 1e-9 * expected:
-            continue
-        require(not (isinstance(got, int) and got == n_bytes // n_tokens),
-                f"with {name}: integer division (//) dropped the fractional part; use /")
-        diagnosis = diagnose(float(got), {
-            "you divided characters by tokens; eq. (1.1) counts UTF-8 bytes "
-            "(len(text.encode('utf-8'))), and '€', '猫' or '🙂' are several bytes each":
-                len(text) / n_tokens,
-            "the ratio is upside down: tokens / bytes instead of bytes / tokens":
-                n_tokens / n_bytes,
-            "you counted distinct tokens (the vocabulary used) instead of all tokens":
-                n_bytes / len(set(ids)),
-        }, rtol=1e-9, atol=0.0)
-        if diagnosis:
-            raise CheckFailed(f"with {name}: {diagnosis}")
-        raise CheckFailed(f"with {name}: got {got:.4f}, expected {expected:.4f} "
-                          f"({n_bytes} bytes / {n_tokens} tokens)")
+        _check_ratio_case(ratio, name, tokenizer, text)
+    seed = fresh_seed()
+    with fresh_case(seed):  # a text no one knew in advance
+        rng = random.Random(seed)
+        words = MY_TEXT.split() + ["Café", "naïve", "東京", "🙂", "3 €"]
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))
+        for name, tokenizer in (("GPT-2's tokenizer", gpt2_tokenizer()),
+                                ("CharTokenizer", CharTokenizer.from_text(text))):
+            _check_ratio_case(ratio, f"{name} on the text {text!r}", tokenizer, text)
     passed("compression_ratio")
+
+
+def _check_ratio_case(ratio, name: str, tokenizer, text: str) -> None:
+    from minigpt.tokenizer import compression_ratio
+
+    ids = tokenizer.encode(text)
+    n_bytes, n_tokens = len(text.encode("utf-8")), len(ids)
+    expected = n_bytes / n_tokens
+    assert abs(compression_ratio(tokenizer, text) - expected) < 1e-12  # the package agrees
+    got = call(ratio, tokenizer, text)
+    require(isinstance(got, int | float) and not isinstance(got, bool),
+            f"the ratio should be a number, got {type(got).__name__}")
+    if abs(got - expected) <= 1e-9 * expected:
+        return
+    require(not (isinstance(got, int) and got == n_bytes // n_tokens),
+            f"with {name}: integer division (//) dropped the fractional part; use /")
+    diagnosis = diagnose(float(got), {
+        "you divided characters by tokens; eq. (1.1) counts UTF-8 bytes "
+        "(len(text.encode('utf-8'))), and '€', '猫' or '🙂' are several bytes each":
+            len(text) / n_tokens,
+        "the ratio is upside down: tokens / bytes instead of bytes / tokens":
+            n_tokens / n_bytes,
+        "you counted distinct tokens (the vocabulary used) instead of all tokens":
+            n_bytes / len(set(ids)),
+    }, rtol=1e-9, atol=0.0)
+    if diagnosis:
+        raise CheckFailed(f"with {name}: {diagnosis}")
+    raise CheckFailed(f"with {name}: got {got:.4f}, expected {expected:.4f} "
+                      f"({n_bytes} bytes / {n_tokens} tokens)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,43 +186,50 @@ def check_compression_ratio(ratio) -> None:
 
 def check_pair_counts(count_pairs) -> None:
     """`count_pairs(ids)` returns {(a, b): how often b directly follows a}."""
-    from minigpt.tokenizer import pair_counts
-
     # The long text comes first: on it, each typical mistake gives a different wrong answer.
     cases = [list(MY_TEXT.encode("utf-8")), [3, 1, 4, 1, 5], [1, 2, 1, 2], [5, 5, 5], [], [7]]
     for ids in cases:
-        original = list(ids)
-        got = call(count_pairs, ids)
-        require(ids == original, "count_pairs changed the list it was given; count, don't edit")
-        shown = _short(ids)
-        if not isinstance(got, dict):
-            raise CheckFailed(f"count_pairs({shown}) should return a dict, got "
-                              f"{type(got).__name__}")
-        bad_keys = [key for key in got if not (isinstance(key, tuple) and len(key) == 2)]
-        require(not bad_keys, f"the keys should be (a, b) tuples of two ids, got {bad_keys[:1]}")
-        expected = dict(Counter(pairwise(ids)))  # the independent reference
-        assert expected == pair_counts(ids)  # ... and the package agree
-        got = dict(got)
-        if got == expected:
-            continue
-        diagnosis = diagnose(got, {
-            "pairs overlap: in [5, 5, 5] the pair (5, 5) occurs twice, at positions 0 and 1; "
-            "step through the list one position at a time, not two":
-                dict(Counter(zip(ids[::2], ids[1::2], strict=False))),
-            "you also counted the pair (last, first) that wraps around the end":
-                dict(Counter(pairwise(ids + ids[:1]))) if len(ids) > 1 else None,
-            "the last pair is missing: the pairs are (ids[i], ids[i+1]) for i up to len(ids) - 2 "
-            "inclusive (an off-by-one in the range)":
-                dict(Counter(pairwise(ids[:-1]))),
-            "every count is 1: you recorded which pairs occur, not how often":
-                {pair: 1 for pair in expected},
-            "the pairs are reversed: the key is (left id, right id) = (ids[i], ids[i+1])":
-                {(b, a): n for (a, b), n in expected.items()},
-        })
-        if diagnosis:
-            raise CheckFailed(f"count_pairs({shown}): {diagnosis}")
-        raise CheckFailed(f"count_pairs({shown}) is not right: {_dict_difference(got, expected)}")
+        _check_pairs_case(count_pairs, ids)
+    seed = fresh_seed()
+    with fresh_case(seed):  # ids no one knew in advance
+        rng = random.Random(seed)
+        _check_pairs_case(count_pairs, [rng.randrange(6) for _ in range(rng.randint(8, 40))])
     passed("count_pairs")
+
+
+def _check_pairs_case(count_pairs, ids: list[int]) -> None:
+    from minigpt.tokenizer import pair_counts
+
+    original = list(ids)
+    got = call(count_pairs, ids)
+    require(ids == original, "count_pairs changed the list it was given; count, don't edit")
+    shown = _short(ids)
+    if not isinstance(got, dict):
+        raise CheckFailed(f"count_pairs({shown}) should return a dict, got {type(got).__name__}")
+    bad_keys = [key for key in got if not (isinstance(key, tuple) and len(key) == 2)]
+    require(not bad_keys, f"the keys should be (a, b) tuples of two ids, got {bad_keys[:1]}")
+    expected = dict(Counter(pairwise(ids)))  # the independent reference
+    assert expected == pair_counts(ids)  # ... and the package agree
+    got = dict(got)
+    if got == expected:
+        return
+    diagnosis = diagnose(got, {
+        "pairs overlap: in [5, 5, 5] the pair (5, 5) occurs twice, at positions 0 and 1; "
+        "step through the list one position at a time, not two":
+            dict(Counter(zip(ids[::2], ids[1::2], strict=False))),
+        "you also counted the pair (last, first) that wraps around the end":
+            dict(Counter(pairwise(ids + ids[:1]))) if len(ids) > 1 else None,
+        "the last pair is missing: the pairs are (ids[i], ids[i+1]) for i up to len(ids) - 2 "
+        "inclusive (an off-by-one in the range)":
+            dict(Counter(pairwise(ids[:-1]))),
+        "every count is 1: you recorded which pairs occur, not how often":
+            {pair: 1 for pair in expected},
+        "the pairs are reversed: the key is (left id, right id) = (ids[i], ids[i+1])":
+            {(b, a): n for (a, b), n in expected.items()},
+    })
+    if diagnosis:
+        raise CheckFailed(f"count_pairs({shown}): {diagnosis}")
+    raise CheckFailed(f"count_pairs({shown}) is not right: {_dict_difference(got, expected)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,42 +238,52 @@ def check_pair_counts(count_pairs) -> None:
 
 def check_merge(merge_pair) -> None:
     """`merge_pair(ids, pair, new_id)` replaces each occurrence of pair, left to right."""
-    from minigpt.tokenizer import merge
-
     text_ids = list(MY_TEXT.encode("utf-8"))
     cases = [([5, 5, 5], (5, 5), 9), ([1, 2, 3, 1, 2], (1, 2), 256), ([1, 2], (1, 2), 256),
              ([], (1, 2), 256), ([1], (1, 2), 256), ([3, 1, 2], (1, 2), 300),
              ([5, 5, 5, 5], (5, 5), 9), (text_ids, (32, 116), 256), ([2, 1, 2, 1], (1, 2), 256)]
     for ids, pair, new_id in cases:
-        original = list(ids)
-        got = _as_id_list(call(merge_pair, ids, pair, new_id),
-                          f"merge_pair({_short(ids)}, {pair}, {new_id})")
-        require(ids == original, "merge_pair changed the list it was given; build a new list "
-                                 "(the trainer still needs the old one to compare)")
-        expected = _merge(ids, pair, new_id)
-        assert expected == merge(ids, pair, new_id)  # reference == package
-        if got == expected:
-            continue
-        diagnosis = diagnose(got, {
-            "nothing was replaced; note that a list never equals a tuple in Python "
-            "([1, 2] == (1, 2) is False), so compare (ids[i], ids[i + 1]) == pair":
-                list(ids) if pair in pairwise(ids) else None,
-            "after a match, skip both ids of the pair (advance by 2): the second one is "
-            "already inside the new id": _merge_no_skip(ids, pair, new_id),
-            "the last id went missing: when the loop stops one short of the end to look at "
-            "(ids[i], ids[i+1]), the final id must still be copied":
-                _merge_drop_tail(ids, pair, new_id),
-            "only the first occurrence was replaced; eq. (1.3) replaces every occurrence":
-                _merge_first(ids, pair, new_id),
-            "you scanned right to left: in [5, 5, 5] the left pair is merged, giving [9, 5]":
-                _merge(ids[::-1], pair[::-1], new_id)[::-1],
-        })
-        call_text = f"merge_pair({_short(ids)}, {pair}, {new_id})"
-        if diagnosis:
-            raise CheckFailed(f"{call_text}: {diagnosis}; expected {_short(expected)}, "
-                              f"got {_short(got)}")
-        raise CheckFailed(f"{call_text} is not right: {_list_difference(got, expected)}")
+        _check_merge_case(merge_pair, ids, pair, new_id)
+    seed = fresh_seed()
+    with fresh_case(seed):  # ids, pair and new id no one knew in advance
+        rng = random.Random(seed)
+        ids = [rng.randrange(4) for _ in range(rng.randint(10, 40))]
+        i = rng.randrange(len(ids) - 1)
+        _check_merge_case(merge_pair, ids, (ids[i], ids[i + 1]), rng.randint(256, 999))
     passed("merge_pair")
+
+
+def _check_merge_case(merge_pair, ids, pair, new_id) -> None:
+    from minigpt.tokenizer import merge
+
+    original = list(ids)
+    got = _as_id_list(call(merge_pair, ids, pair, new_id),
+                      f"merge_pair({_short(ids)}, {pair}, {new_id})")
+    require(ids == original, "merge_pair changed the list it was given; build a new list "
+                             "(the trainer still needs the old one to compare)")
+    expected = _merge(ids, pair, new_id)
+    assert expected == merge(ids, pair, new_id)  # reference == package
+    if got == expected:
+        return
+    diagnosis = diagnose(got, {
+        "nothing was replaced; note that a list never equals a tuple in Python "
+        "([1, 2] == (1, 2) is False), so compare (ids[i], ids[i + 1]) == pair":
+            list(ids) if pair in pairwise(ids) else None,
+        "after a match, skip both ids of the pair (advance by 2): the second one is "
+        "already inside the new id": _merge_no_skip(ids, pair, new_id),
+        "the last id went missing: when the loop stops one short of the end to look at "
+        "(ids[i], ids[i+1]), the final id must still be copied":
+            _merge_drop_tail(ids, pair, new_id),
+        "only the first occurrence was replaced; eq. (1.3) replaces every occurrence":
+            _merge_first(ids, pair, new_id),
+        "you scanned right to left: in [5, 5, 5] the left pair is merged, giving [9, 5]":
+            _merge(ids[::-1], pair[::-1], new_id)[::-1],
+    })
+    call_text = f"merge_pair({_short(ids)}, {pair}, {new_id})"
+    if diagnosis:
+        raise CheckFailed(f"{call_text}: {diagnosis}; expected {_short(expected)}, "
+                          f"got {_short(got)}")
+    raise CheckFailed(f"{call_text} is not right: {_list_difference(got, expected)}")
 
 
 def _merge(ids, pair, new_id):
@@ -280,43 +331,52 @@ def _merge_first(ids, pair, new_id):
 
 def check_train_bpe(train_bpe) -> None:
     """`train_bpe(text, n_merges)` returns the merge table [(a, b), ...] of eq. (1.2)-(1.3)."""
-    from minigpt.tokenizer import BPETokenizer
-
     # The long text first: on it, each typical mistake gives a different wrong answer.
     for text, n_merges in [(MY_TEXT, 12), ("banana bandana", 5), ("zz yy zz yy xa xa", 4),
                            ("aaaa", 2), ("the café reads 🙂 the café", 6)]:
-        raw = call(train_bpe, text, n_merges)
-        got = _as_merge_list(raw, f"train_bpe({_short_text(text)}, {n_merges})")
-        ids = list(text.encode("utf-8"))
-        expected = _train(ids, n_merges)
-        package = BPETokenizer.train(text, 256 + n_merges, pattern=WHOLE_TEXT).merges
-        assert expected == package  # reference == package
-        if got == expected:
-            continue
-        call_text = f"train_bpe({_short_text(text)}, {n_merges})"
-        diagnosis = diagnose(got, {
-            "ties: when pairs are equally frequent, eq. (1.2) takes the smallest pair (compare "
-            "a, then b); `max(counts, key=counts.get)` or `most_common` takes the pair counted "
-            "first instead — use min(counts, key=lambda p: (-counts[p], p))":
-                _train(ids, n_merges, tie="first"),
-            "ties go to the smallest pair, not the largest: key=lambda p: (-counts[p], p)":
-                _train(ids, n_merges, tie="largest"),
-            "merge k must get the new id 256 + k (ids 0..255 are the bytes): your ids are one "
-            "too high": _train(ids, n_merges, first_id=257),
-            "merge k must get the new id 256 + k: your ids start at 255, which is a byte":
-                _train(ids, n_merges, first_id=255),
-            "the counts must be redone after every merge (the sequence changed); you took the "
-            "top pairs of the first count": _train(ids, n_merges, recount=False),
-        })
-        if diagnosis:
-            raise CheckFailed(f"{call_text}: {diagnosis}")
-        require(len(got) == n_merges,
-                f"{call_text} returned {len(got)} merges, expected {n_merges}")
-        first = next(k for k, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
-        raise CheckFailed(
-            f"{call_text}: merge {first} (new id {256 + first}) should be {expected[first]}, "
-            f"got {got[first]}; the merges before it agree")
+        _check_train_case(train_bpe, text, n_merges)
+    seed = fresh_seed()
+    with fresh_case(seed):  # a text and a number of merges no one knew in advance
+        rng = random.Random(seed)
+        text = "".join(rng.choice("ab né") for _ in range(rng.randint(20, 60)))
+        _check_train_case(train_bpe, text, rng.randint(2, 8))
     passed("train_bpe")
+
+
+def _check_train_case(train_bpe, text: str, n_merges: int) -> None:
+    from minigpt.tokenizer import BPETokenizer
+
+    raw = call(train_bpe, text, n_merges)
+    got = _as_merge_list(raw, f"train_bpe({_short_text(text)}, {n_merges})")
+    ids = list(text.encode("utf-8"))
+    expected = _train(ids, n_merges)
+    package = BPETokenizer.train(text, 256 + n_merges, pattern=WHOLE_TEXT).merges
+    assert expected == package  # reference == package
+    if got == expected:
+        return
+    call_text = f"train_bpe({_short_text(text)}, {n_merges})"
+    diagnosis = diagnose(got, {
+        "ties: when pairs are equally frequent, eq. (1.2) takes the smallest pair (compare "
+        "a, then b); `max(counts, key=counts.get)` or `most_common` takes the pair counted "
+        "first instead — use min(counts, key=lambda p: (-counts[p], p))":
+            _train(ids, n_merges, tie="first"),
+        "ties go to the smallest pair, not the largest: key=lambda p: (-counts[p], p)":
+            _train(ids, n_merges, tie="largest"),
+        "merge k must get the new id 256 + k (ids 0..255 are the bytes): your ids are one "
+        "too high": _train(ids, n_merges, first_id=257),
+        "merge k must get the new id 256 + k: your ids start at 255, which is a byte":
+            _train(ids, n_merges, first_id=255),
+        "the counts must be redone after every merge (the sequence changed); you took the "
+        "top pairs of the first count": _train(ids, n_merges, recount=False),
+    })
+    if diagnosis:
+        raise CheckFailed(f"{call_text}: {diagnosis}")
+    require(len(got) == len(expected),
+            f"{call_text} returned {len(got)} merges, expected {len(expected)}")
+    first = next(k for k, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+    raise CheckFailed(
+        f"{call_text}: merge {first} (new id {256 + first}) should be {expected[first]}, "
+        f"got {got[first]}; the merges before it agree")
 
 
 def _train(ids, n_merges, tie="smallest", first_id=256, recount=True):
@@ -367,31 +427,41 @@ def check_encode(encode) -> None:
     from minigpt.tokenizer import BPETokenizer
 
     tokenizer = BPETokenizer.train(MY_TEXT, 256 + 30, pattern=WHOLE_TEXT)
-    merges = tokenizer.merges
     for text in ["the reader is the model; the tokens are read.", "", "t", MY_TEXT,
                  "the café reads 🙂 the tokens", "aaaa reader rereads", "her er er er"]:
-        got = _as_id_list(call(encode, text, list(merges)), f"encode({_short_text(text)}, merges)")
-        expected = tokenizer.encode_reference(text)  # the package's eq. (1.4)
-        assert expected == tokenizer.encode(text)  # tiktoken, an independent implementation
-        if got == expected:
-            continue
-        ids = list(text.encode("utf-8"))
-        diagnosis = diagnose(got, {
-            "you applied the merges in reverse order; a later merge can only apply after the "
-            "earlier merges that build its parts": _encode_reversed(ids, merges),
-            "you merged the most frequent pair of the text; encoding merges the pair with the "
-            "smallest rank (the earliest-learned merge, eq. 1.4), whatever its count here":
-                _encode_by_frequency(ids, merges),
-            "only one merge was applied; repeat until no adjacent pair is in the merge table":
-                _encode_steps(ids, merges, 1),
-            "start from the UTF-8 bytes of the text, not the code points (ord)":
-                _encode_steps([ord(c) for c in text], merges) if not text.isascii() else None,
-        })
-        call_text = f"encode({_short_text(text)}, merges)"
-        if diagnosis:
-            raise CheckFailed(f"{call_text}: {diagnosis}")
-        raise CheckFailed(f"{call_text} is not right: {_list_difference(got, expected)}")
+        _check_encode_case(encode, tokenizer, text)
+    seed = fresh_seed()
+    with fresh_case(seed):  # a text no one knew in advance
+        rng = random.Random(seed)
+        words = MY_TEXT.split() + ["café", "🙂", "rereads", "tokenizers"]
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 15)))
+        _check_encode_case(encode, tokenizer, text)
     passed("encode")
+
+
+def _check_encode_case(encode, tokenizer, text: str) -> None:
+    merges = tokenizer.merges
+    got = _as_id_list(call(encode, text, list(merges)), f"encode({_short_text(text)}, merges)")
+    expected = tokenizer.encode_reference(text)  # the package's eq. (1.4)
+    assert expected == tokenizer.encode(text)  # tiktoken, an independent implementation
+    if got == expected:
+        return
+    ids = list(text.encode("utf-8"))
+    diagnosis = diagnose(got, {
+        "you applied the merges in reverse order; a later merge can only apply after the "
+        "earlier merges that build its parts": _encode_reversed(ids, merges),
+        "you merged the most frequent pair of the text; encoding merges the pair with the "
+        "smallest rank (the earliest-learned merge, eq. 1.4), whatever its count here":
+            _encode_by_frequency(ids, merges),
+        "only one merge was applied; repeat until no adjacent pair is in the merge table":
+            _encode_steps(ids, merges, 1),
+        "start from the UTF-8 bytes of the text, not the code points (ord)":
+            _encode_steps([ord(c) for c in text], merges) if not text.isascii() else None,
+    })
+    call_text = f"encode({_short_text(text)}, merges)"
+    if diagnosis:
+        raise CheckFailed(f"{call_text}: {diagnosis}")
+    raise CheckFailed(f"{call_text} is not right: {_list_difference(got, expected)}")
 
 
 def _encode_steps(ids, merges, max_steps=None):

@@ -42,7 +42,9 @@ def key(value):
         return ("dict", tuple((key(k), key(v)) for k, v in value.items()))
     if isinstance(value, list | tuple):
         return (type(value).__name__, tuple(key(item) for item in value))
-    return value
+    if value is None or isinstance(value, int | float | str | bytes):
+        return value
+    return ("object", type(value).__qualname__)  # a tokenizer, say: known by its kind only
 
 
 class Memoriser:

@@ -6,7 +6,7 @@ from collections import Counter
 from itertools import pairwise
 
 import pytest
-from check_helpers import fails
+from check_helpers import fails, rejects_remembered_answers
 
 from checks import tokenization as check
 from minigpt.tokenizer import BPETokenizer, compression_ratio, merge, pair_counts
@@ -320,3 +320,18 @@ def test_leading_space_passes_on_the_right_answer(capsys):
 ])
 def test_leading_space_explains_wrong_answers(answer, words):
     fails(check.check_leading_space, answer, *words)
+
+
+# ---- every check: answers remembered for the fixed examples are not enough ---------------------
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_utf8_bytes, utf8_bytes),
+    (check.check_compression_ratio, compression_ratio),
+    (check.check_pair_counts, pair_counts),
+    (check.check_merge, merge),
+    (check.check_train_bpe, train),
+    (check.check_encode, encode),
+], ids=["utf8_bytes", "compression_ratio", "pair_counts", "merge", "train_bpe", "encode"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
