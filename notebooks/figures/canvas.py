@@ -270,7 +270,7 @@ class Canvas:
     # --- internals
 
     def _marker(self, color: str, width: float) -> str:
-        size = 10.0 if width < 2.5 else 4.0 * width
+        size = 10.0 if width < 2.5 else 2.8 * width
         mid = f"{self.name}-head-{color.lstrip('#')}-{num(size).replace('.', '_')}"
         self.markers.setdefault(mid, (color, size))
         return mid

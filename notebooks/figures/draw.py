@@ -40,12 +40,14 @@ def code_names() -> frozenset[str]:
     gpt = lora.apply_lora(model.GPT(config), rank=1)
     names = {part for full, _ in gpt.named_parameters() for part in full.split(".")}
     names |= {part for full, _ in gpt.named_modules() for part in full.split(".")}
+    names |= {name for m in gpt.modules() for name in vars(m) if not name.startswith("_")}
     cache = attention.KVCache(1, 1, 2, 2)
     names |= set(vars(cache))
     for dataclass in (model.GPTConfig, train.TrainConfig):
         names |= {f.name for f in dataclasses.fields(dataclass)}
     for owner in (attention, generate, layers, lora, model, positional, train, attention.KVCache,
-                  attention.MultiHeadAttention, model.GPT, train.Trainer, torch.Tensor):
+                  attention.MultiHeadAttention, model.GPT, model.GPTConfig, train.Trainer,
+                  torch.Tensor):
         names |= {name for name in dir(owner) if not name.startswith("__")}
     for module in (attention, generate, layers, lora, model, positional, train):
         for obj in vars(module).values():
@@ -60,6 +62,12 @@ def gpt2_small():
     from minigpt.model import GPTConfig
 
     return GPTConfig()
+
+
+def sinusoid_base() -> float:
+    from minigpt.positional import sinusoidal_encoding
+
+    return inspect.signature(sinusoidal_encoding).parameters["base"].default
 
 
 def lora_defaults() -> tuple[int, float]:
@@ -206,7 +214,237 @@ def causal_mask() -> Canvas:
     return c
 
 
-FIGURES = (soft_lookup, causal_mask)
+# ----------------------------------------------------------------------------- notebook 04
+
+
+def bands(c: Canvas, x, y, labels, color, band=34, height=40, strength=0.3):
+    """A (T, n·d) tensor drawn as n column bands of width d, one per head, each labelled."""
+    for i, label in enumerate(labels):
+        shade = strength + (0.12 if i % 2 else 0.0)
+        c.rect(x + i * band, y, band, height, tint(color, shade), color, 1.0)
+        c.text(x + (i + 0.5) * band, y + height / 2 + 5, label, 12)
+    c.rect(x, y, band * len(labels), height, "none", color, 1.6)
+
+
+def heads_split_merge() -> Canvas:
+    """(B, T, C) -> qkv_proj -> heads -> attention per head -> concatenate -> out_proj."""
+    h, band, tall = 4, 26, 40
+    c = new_canvas("heads_split_merge", 760, 700)
+    title(c, "Multi-head attention: split into heads, attend, merge   (eqs. 4.1-4.4)")
+    centre, note = 200, 410
+    width = h * band
+    left = centre - width / 2
+    ys = {"x": 56, "qkv": 150, "heads": 262, "attn": 336, "out": 400, "concat": 512, "y": 604}
+
+    c.rect(left, ys["x"], width, tall, tint(INK, 0.08), INK, 1.6)
+    c.text(centre, ys["x"] + 26, "x", 15)
+    c.line(centre, ys["x"] + tall + 4, centre, ys["qkv"] - 6, INK, 1.5, arrow=True)
+
+    gap = 12
+    block_x = {name: centre - (3 * width + 2 * gap) / 2 + k * (width + gap)
+               for k, name in enumerate("QKV")}
+    colors = {"Q": Q, "K": K, "V": V}
+    for name, x in block_x.items():
+        bands(c, x, ys["qkv"], [f"{name}_{{{i + 1}}}" for i in range(h)], colors[name], band)
+
+    group = 3 * band + 6
+    group_gap = 10
+    group_x = [centre - (h * group + (h - 1) * group_gap) / 2 + i * (group + group_gap)
+               for i in range(h)]
+    for i, gx in enumerate(group_x):
+        for k, name in enumerate("QKV"):
+            sx = gx + k * (band + 3)
+            c.line(block_x[name] + (i + 0.5) * band, ys["qkv"] + tall + 2,
+                   sx + band / 2, ys["heads"] - 3, colors[name], 1.3, arrow=True)
+            c.rect(sx, ys["heads"], band, tall, tint(colors[name], 0.3), colors[name], 1.6)
+            c.text(sx + band / 2, ys["heads"] + tall / 2 + 5, f"{name}_{{{i + 1}}}", 12)
+            c.line(sx + band / 2, ys["heads"] + tall + 2, sx + band / 2, ys["attn"] - 2,
+                   colors[name], 1.3, arrow=True)
+        c.box(gx, ys["attn"], group, 30, "attend", size=12)
+        ox = gx + group / 2 - band / 2
+        c.line(gx + group / 2, ys["attn"] + 30, gx + group / 2, ys["out"] - 2, INK, 1.3,
+               arrow=True)
+        c.rect(ox, ys["out"], band, tall, tint(INK, 0.14 + (0.1 if i % 2 else 0)), INK, 1.6)
+        c.text(ox + band / 2, ys["out"] + tall / 2 + 5, str(i + 1), 12)
+        c.line(ox + band / 2, ys["out"] + tall + 2, left + (i + 0.5) * band, ys["concat"] - 3,
+               INK, 1.3, arrow=True)
+
+    shades = [tint(INK, 0.14 + (0.1 if i % 2 else 0)) for i in range(h)]
+    for i in range(h):
+        c.rect(left + i * band, ys["concat"], band, tall, shades[i], INK, 1.0)
+        c.text(left + (i + 0.5) * band, ys["concat"] + tall / 2 + 5, str(i + 1), 12)
+    c.rect(left, ys["concat"], width, tall, "none", INK, 1.6)
+    c.line(centre, ys["concat"] + tall + 4, centre, ys["y"] - 6, INK, 1.5, arrow=True)
+    c.rect(left, ys["y"], width, tall, tint(INK, 0.08), INK, 1.6)
+    c.text(centre, ys["y"] + 26, "MHA(x)", 14)
+
+    notes = [
+        (ys["x"] + 16, "(B, T, C),  C = `n_embd`", INK),
+        (ys["x"] + 36, "token vectors", MUTED),
+        (ys["x"] + 70, "`qkv_proj`: one (C, 3C) map   (4.4)", INK),
+        (ys["qkv"] + 24, "`.split(n_embd, dim=2)`: 3 × (B, T, C)", INK),
+        (ys["qkv"] + 60, "`split_heads`: view (B, T, h, d),", INK),
+        (ys["qkv"] + 80, "then transpose(1, 2) → (B, h, T, d)", INK),
+        (ys["qkv"] + 100, "h = `n_head`,  d = `head_dim` = C / h", MUTED),
+        (ys["attn"] + 12, "each head on its own, in parallel   (4.2):", INK),
+        (ys["attn"] + 34, "head_{i} = softmax(Q_{i}K_{i}^{T} / √d + M) V_{i}", INK),
+        (ys["out"] + 26, "head_{1} … head_{h}: (B, h, T, d)", INK),
+        (ys["out"] + 72, "`merge_heads`: transpose back, then view", INK),
+        (ys["out"] + 92, "→ (B, T, C) = Concat(head_{1}, …, head_{h})", INK),
+        (ys["concat"] + 66, "`out_proj`: W^{O}, a (C, C) map   (4.3)", INK),
+        (ys["y"] + 26, "(B, T, C)", INK),
+    ]
+    for y, text, color in notes:
+        c.text(note, y, text, 13, color, anchor="start")
+    size = gpt2_small()
+    c.text(20, 684, f"Drawn with h = {h}; GPT-2 small has n_embd = {size.n_embd}, n_head = "
+           f"{size.n_head}, head_dim = {size.head_dim} (GPTConfig defaults).", 12, MUTED,
+           anchor="start")
+    return c
+
+
+# ----------------------------------------------------------------------------- notebook 05
+
+
+def polar(cx, cy, radius, angle):
+    """The point at `angle` (radians, counter-clockwise from the +x axis) on a circle."""
+    return cx + radius * math.cos(angle), cy - radius * math.sin(angle)
+
+
+def arc(c: Canvas, cx, cy, radius, start, end, color, width=1.3):
+    (x1, y1), (x2, y2) = polar(cx, cy, radius, start), polar(cx, cy, radius, end)
+    large = 1 if abs(end - start) > math.pi else 0
+    sweep = 0 if end > start else 1  # SVG's y axis points down
+    c.path(f"M{x1:.1f},{y1:.1f} A{radius:.1f},{radius:.1f} 0 {large} {sweep} {x2:.1f},{y2:.1f}",
+           stroke=color, width=width)
+
+
+def sinusoids_rope() -> Canvas:
+    """Sinusoidal pairs as clock hands at different speeds; RoPE rotating a query and a key."""
+    c = new_canvas("sinusoids_rope", 760, 430)
+    c.text(20, 28, "Sinusoidal encoding   (5.2)", 15, anchor="start", bold=True)
+    c.text(20, 48, "each pair of features is a clock hand", 13, MUTED, anchor="start")
+    dim, base, radius = 6, 10.0, 17
+    omegas = [base ** (-2 * i / dim) for i in range(dim // 2)]
+    for p in range(6):
+        c.text(118 + 48 * p, 74, f"p = {p}", 12, MUTED)
+    for i, omega in enumerate(omegas):
+        cy = 108 + 60 * i
+        c.text(20, cy - 2, f"pair i = {i}", 13, anchor="start")
+        c.text(20, cy + 16, f"ω_{{{i}}} = {omega:.2f}", 12, MUTED, anchor="start")
+        for p in range(6):
+            cx = 118 + 48 * p
+            c.circle(cx, cy, radius, tint(INK, 0.05), FAINT, 1.0)
+            # PE(p, 2i) = sin(pω) across, PE(p, 2i+1) = cos(pω) up: p = 0 points straight up
+            tip = polar(cx, cy, radius - 2, math.pi / 2 - p * omega)
+            c.line(cx, cy, *tip, INK, 2.0)
+            c.circle(*tip, 2.5, INK)
+    c.text(20, 300, "PE(p, 2i) = sin(p ω_{i}),  PE(p, 2i+1) = cos(p ω_{i})", 13, anchor="start")
+    c.text(20, 322, "ω_{i} = base^{−2i/d}: fast hands tell neighbours apart,", 13, MUTED,
+           anchor="start")
+    c.text(20, 342, "slow hands tell far positions apart.", 13, MUTED, anchor="start")
+    c.text(20, 368, "p → p + k turns pair i by k ω_{i}, whatever p:", 13, anchor="start")
+    c.text(20, 388, "PE(p + k) = M_{k} PE(p)   (5.3)", 13, anchor="start")
+    c.text(20, 410, f"drawn with d = {dim}, base = {base:g}; minigpt: base = "
+           f"{sinusoid_base():g}", 12, MUTED, anchor="start")
+
+    c.line(392, 48, 392, 410, FAINT, 1.0)
+    c.text(410, 28, "Rotary embedding, RoPE   (5.5, 5.6)", 15, anchor="start", bold=True)
+    c.text(410, 48, "rotate q and k by angles set by their positions", 13, MUTED,
+           anchor="start")
+    theta, q_angle, k_angle = 0.35, 0.25, 1.0
+    for cx, p, s in ((500, 1, 3), (670, 4, 6)):
+        cy, r = 170, 68
+        c.circle(cx, cy, r, "none", FAINT, 1.0)
+        c.line(cx - r - 6, cy, cx + r + 6, cy, FAINT, 1.0)
+        c.line(cx, cy + r + 6, cx, cy - r - 6, FAINT, 1.0)
+        c.line(cx, cy, *polar(cx, cy, 60, q_angle), tint(Q, 0.45), 1.3, dash="4 3")
+        c.line(cx, cy, *polar(cx, cy, 46, k_angle), tint(K, 0.45), 1.3, dash="4 3")
+        rq, rk = q_angle + p * theta, k_angle + s * theta
+        c.line(cx, cy, *polar(cx, cy, 60, rq), Q, 2.2, arrow=True)
+        c.line(cx, cy, *polar(cx, cy, 46, rk), K, 2.2, arrow=True)
+        arc(c, cx, cy, 24, rq, rk, INK)
+        c.text(*polar(cx, cy, 80, rq), "R_{p}q", 13, Q)
+        c.text(*polar(cx, cy, 66, rk), "R_{s}k", 13, K)
+        c.text(cx, cy + r + 30, f"p = {p},  s = {s}", 13)
+    c.text(585, 286, "shift both by 3: the angle between R_{p}q", 13, MUTED)
+    c.text(585, 306, "and R_{s}k, so the score, does not change", 13, MUTED)
+    c.text(410, 342, "⟨R_{p}q, R_{s}k⟩ = ⟨q, R_{s−p}k⟩   (5.6)", 14, anchor="start")
+    c.text(410, 366, "pair i at position p turns by p θ_{i},  θ_{i} = base^{−2i/d}", 12, MUTED,
+           anchor="start")
+    c.text(410, 388, "`RotaryEmbedding` rotates q and k, never v", 13, MUTED, anchor="start")
+    c.text(410, 410, "dashed: q and k before the rotation", 13, MUTED, anchor="start")
+    return c
+
+
+# ----------------------------------------------------------------------------- notebook 06
+
+
+def norm_box(c: Canvas, x, y, w, h, label, code):
+    c.box(x, y, w, h, label, fill=tint(NORM, 0.5), sub=code, size=13, sub_size=12)
+
+
+def residual_branch(c: Canvas, stream_x, tap_y, join_y, boxes, box_x, box_w=128):
+    """A branch that leaves the stream at tap_y, runs through `boxes` and is added at join_y."""
+    mid = box_x + box_w / 2
+    c.polyline([(stream_x, tap_y), (mid, tap_y), (mid, boxes[0][0] - 2)], INK, 1.5, arrow=True)
+    for (top, height, label, code, is_norm), below in zip(boxes, boxes[1:] + [None], strict=True):
+        if is_norm:
+            norm_box(c, box_x, top, box_w, height, label, code)
+        else:
+            c.box(box_x, top, box_w, height, label, sub=code, size=13, sub_size=12)
+        if below is not None:
+            c.line(mid, top + height, mid, below[0] - 2, INK, 1.5, arrow=True)
+    last = boxes[-1][0] + boxes[-1][1]
+    c.polyline([(mid, last), (mid, join_y), (stream_x + 11, join_y)], INK, 1.5, arrow=True)
+    c.plus(stream_x, join_y)
+
+
+def block_pre_post_ln() -> Canvas:
+    """The transformer block with a straight residual stream, pre-LN beside post-LN."""
+    c = new_canvas("block_pre_post_ln", 760, 620)
+    top, bottom = 86, 470
+    for cx, pre in ((70, True), (450, False)):
+        head = "pre-LN (GPT-2)" if pre else "post-LN (Vaswani et al., 2017)"
+        c.text(cx - 50, 28, head, 15, anchor="start", bold=True)
+        c.text(cx - 50, 48, f'`norm_position="{"pre" if pre else "post"}"`', 13, MUTED,
+               anchor="start")
+        c.text(cx, top - 10, "x", 15)
+        c.line(cx, top, cx, bottom, RESIDUAL, 5, arrow=True)
+        c.text(cx, bottom + 20, "y", 15)
+        bx = cx + 80
+        if pre:
+            residual_branch(c, cx, 106, 258, [(126, 40, "LN_{1}", "`ln_1`", True),
+                                              (186, 40, "MHA", "`attn`", False)], bx)
+            residual_branch(c, cx, 290, 442, [(310, 40, "LN_{2}", "`ln_2`", True),
+                                              (370, 40, "FFN", "`mlp`", False)], bx)
+        else:
+            residual_branch(c, cx, 106, 196, [(126, 44, "MHA", "`attn`", False)], bx)
+            norm_box(c, cx - 32, 216, 64, 40, "LN_{1}", "`ln_1`")
+            residual_branch(c, cx, 290, 380, [(310, 44, "FFN", "`mlp`", False)], bx)
+            norm_box(c, cx - 32, 400, 64, 40, "LN_{2}", "`ln_2`")
+        c.text(cx - 14, 282, "h", 14, anchor="end")
+    c.text(60, 182, "residual", 12, RESIDUAL, anchor="end")
+    c.text(60, 198, "stream", 12, RESIDUAL, anchor="end")
+
+    rows = [
+        ("h = x + MHA(LN_{1}(x))", "h = LN_{1}(x + MHA(x))"),
+        ("y = h + FFN(LN_{2}(h))", "y = LN_{2}(h + FFN(h))   (6.6)"),
+    ]
+    for k, (pre_eq, post_eq) in enumerate(rows):
+        c.text(20, 522 + 22 * k, pre_eq, 14, anchor="start")
+        c.text(400, 522 + 22 * k, post_eq, 14, anchor="start")
+    notes = [("The stream is a pure sum, an identity path y → x;",
+              "The stream itself is normalised: every path"),
+             ("`ln_f` normalises it once, after the last block.",
+              "from y to x crosses LN_{1} and LN_{2}.")]
+    for k, (pre_note, post_note) in enumerate(notes):
+        c.text(20, 584 + 20 * k, pre_note, 12, MUTED, anchor="start")
+        c.text(400, 584 + 20 * k, post_note, 12, MUTED, anchor="start")
+    return c
+
+
+FIGURES = (soft_lookup, causal_mask, heads_split_merge, sinusoids_rope, block_pre_post_ln)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
