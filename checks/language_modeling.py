@@ -25,6 +25,8 @@ from checks.core import (
     close,
     close_or_diagnose,
     diagnose,
+    fresh_case,
+    fresh_seed,
     passed,
     require,
     same_shape,
@@ -46,29 +48,42 @@ def check_windows(make_windows) -> None:
     package_x, package_y = sampler.next_batch()  # minigpt's windows for those starts
     last = len(tokens) - block_size - 1  # the last start whose targets still exist
     for starts in [[5, 17, 1, 60], [0, last], [last], [3], package_starts]:
-        x, y = _windows_of(make_windows, tokens, starts, block_size)
-        expected_x = torch.stack([tokens[s : s + block_size] for s in starts])
-        expected_y = torch.stack([tokens[s + 1 : s + block_size + 1] for s in starts])
-        _check_window_shapes(x, y, expected_x, block_size)
-        where = f"for starts={starts}"
-        shifted_back = (torch.stack([tokens[s - 1 : s + block_size - 1] for s in starts])
-                        if min(starts) >= 1 else None)
-        close_or_diagnose(x, expected_x, f"x {where}", {
-            "x and y are swapped: x = tokens[s : s+T] are the inputs, y the next tokens":
-                expected_y,
-        })
-        close_or_diagnose(y, expected_y, f"y {where}", {
-            "y equals x; the targets are the *next* tokens, tokens[s+1 : s+T+1] — as written, "
-            "every position would be asked for the token it already sees (an off-by-one)":
-                expected_x,
-            "y is shifted the wrong way: it holds the previous tokens, tokens[s-1 : s+T-1]; "
-            "the target of position t is the token at t + 1": shifted_back,
-            "y is shifted by two: the target of position t is the token at t + 1, so "
-            "y = tokens[s+1 : s+T+1]": _shifted(tokens, starts, block_size, 2),
-        })
+        expected_x, expected_y = _check_windows_case(make_windows, tokens, starts, block_size)
     # The reference slicing above and minigpt.data agree, so the learner agrees with both.
     assert torch.equal(expected_x, package_x) and torch.equal(expected_y, package_y)
+    with fresh_case(fresh_seed()) as generator:  # tokens, starts and T no one knew in advance
+        tokens = torch.randint(0, 50, (int(torch.randint(60, 200, (), generator=generator)),),
+                               generator=generator)
+        block_size = int(torch.randint(2, 12, (), generator=generator))
+        starts = torch.randint(0, len(tokens) - block_size, (int(torch.randint(
+            1, 6, (), generator=generator)),), generator=generator).tolist()
+        _check_windows_case(make_windows, tokens, starts, block_size)
     passed("make_windows")
+
+
+def _check_windows_case(make_windows, tokens, starts, block_size):
+    """The learner's windows for `starts`; returns the expected (x, y)."""
+    x, y = _windows_of(make_windows, tokens, starts, block_size)
+    expected_x = torch.stack([tokens[s : s + block_size] for s in starts])
+    expected_y = torch.stack([tokens[s + 1 : s + block_size + 1] for s in starts])
+    _check_window_shapes(x, y, expected_x, block_size)
+    where = f"for starts={starts}" + ("" if block_size == 8 else f", block_size={block_size}")
+    shifted_back = (torch.stack([tokens[s - 1 : s + block_size - 1] for s in starts])
+                    if min(starts) >= 1 else None)
+    close_or_diagnose(x, expected_x, f"x {where}", {
+        "x and y are swapped: x = tokens[s : s+T] are the inputs, y the next tokens":
+            expected_y,
+    })
+    close_or_diagnose(y, expected_y, f"y {where}", {
+        "y equals x; the targets are the *next* tokens, tokens[s+1 : s+T+1] — as written, "
+        "every position would be asked for the token it already sees (an off-by-one)":
+            expected_x,
+        "y is shifted the wrong way: it holds the previous tokens, tokens[s-1 : s+T-1]; "
+        "the target of position t is the token at t + 1": shifted_back,
+        "y is shifted by two: the target of position t is the token at t + 1, so "
+        "y = tokens[s+1 : s+T+1]": _shifted(tokens, starts, block_size, 2),
+    })
+    return expected_x, expected_y
 
 
 def _shifted(tokens, starts, block_size, shift):
@@ -120,38 +135,48 @@ def check_bigram_probs(bigram_probs) -> None:
         (torch.randint(0, 8, (400,), generator=generator), 8, 0.0),  # every pair is seen
     ]
     for ids, V, alpha in cases:
-        got = call(bigram_probs, ids.clone(), V, alpha)
-        if isinstance(got, np.ndarray):
-            got = torch.from_numpy(got)
-        got = as_tensor(got, "the table").double()
-        counts = _bigram_counts(ids.tolist(), V)
-        expected = _smoothed(counts, alpha)
-        if _close(got, expected):
-            continue
-        what = f"p(b | a) for V = {V}, alpha = {alpha}"
-        diagnosis = diagnose(got, {
-            "the table is transposed: row a (the current token) must hold the distribution "
-            "of the next token b, so count counts[a, b] with a = ids[i], b = ids[i+1]":
-                _smoothed(counts.T, alpha),
-            "the table is transposed: p(b | a) belongs in row a, column b": expected.T,
-            "each column sums to 1 instead of each row: normalise over the next token b "
-            "(sum over dim=1, keepdim=True)": _normalise(counts + alpha, dim=0),
-            "alpha is missing: eq. (2.2) adds alpha to every count and alpha * V to every "
-            "row total": _smoothed(counts, 0.0) if alpha > 0 else None,
-            "the denominator needs alpha * V, not alpha: V imaginary counts of alpha each "
-            "were added to the row": (counts + alpha) / (counts.sum(1, keepdim=True) + alpha),
-            "every row is the same: that is the unigram distribution p(b), which ignores the "
-            "current token; count pairs (a, b), not single tokens":
-                _smoothed(counts.sum(0, keepdim=True).expand(V, V).clone(), alpha),
-            "you also counted the pair (last token, first token) that wraps around":
-                _smoothed(_bigram_counts(ids.tolist() + ids[:1].tolist(), V), alpha),
-        }, rtol=1e-6, atol=1e-9)
-        if diagnosis:
-            raise CheckFailed(f"{what}: {diagnosis}")
-        if got.shape == (V, V) and not torch.allclose(got.sum(dim=1), torch.ones(V).double()):
-            raise CheckFailed(f"{what}: {_row_sum_hint(got)}")
-        close(got, expected, what, rtol=1e-6, atol=1e-9)
+        _check_bigram_case(bigram_probs, ids, V, alpha)
+    with fresh_case(fresh_seed()) as generator:  # ids, V and alpha no one knew in advance
+        V = int(torch.randint(3, 12, (), generator=generator))
+        ids = torch.randint(0, V, (int(torch.randint(20, 300, (), generator=generator)),),
+                            generator=generator)
+        alpha = round(float(torch.rand((), generator=generator)) * 2 + 0.05, 3)
+        _check_bigram_case(bigram_probs, ids, V, alpha)
     passed("bigram_probs")
+
+
+def _check_bigram_case(bigram_probs, ids, V, alpha) -> None:
+    got = call(bigram_probs, ids.clone(), V, alpha)
+    if isinstance(got, np.ndarray):
+        got = torch.from_numpy(got)
+    got = as_tensor(got, "the table").double()
+    counts = _bigram_counts(ids.tolist(), V)
+    expected = _smoothed(counts, alpha)
+    if _close(got, expected):
+        return
+    what = f"p(b | a) for V = {V}, alpha = {alpha}"
+    diagnosis = diagnose(got, {
+        "the table is transposed: row a (the current token) must hold the distribution "
+        "of the next token b, so count counts[a, b] with a = ids[i], b = ids[i+1]":
+            _smoothed(counts.T, alpha),
+        "the table is transposed: p(b | a) belongs in row a, column b": expected.T,
+        "each column sums to 1 instead of each row: normalise over the next token b "
+        "(sum over dim=1, keepdim=True)": _normalise(counts + alpha, dim=0),
+        "alpha is missing: eq. (2.2) adds alpha to every count and alpha * V to every "
+        "row total": _smoothed(counts, 0.0) if alpha > 0 else None,
+        "the denominator needs alpha * V, not alpha: V imaginary counts of alpha each "
+        "were added to the row": (counts + alpha) / (counts.sum(1, keepdim=True) + alpha),
+        "every row is the same: that is the unigram distribution p(b), which ignores the "
+        "current token; count pairs (a, b), not single tokens":
+            _smoothed(counts.sum(0, keepdim=True).expand(V, V).clone(), alpha),
+        "you also counted the pair (last token, first token) that wraps around":
+            _smoothed(_bigram_counts(ids.tolist() + ids[:1].tolist(), V), alpha),
+    }, rtol=1e-6, atol=1e-9)
+    if diagnosis:
+        raise CheckFailed(f"{what}: {diagnosis}")
+    if got.shape == (V, V) and not torch.allclose(got.sum(dim=1), torch.ones(V).double()):
+        raise CheckFailed(f"{what}: {_row_sum_hint(got)}")
+    close(got, expected, what, rtol=1e-6, atol=1e-9)
 
 
 def _bigram_counts(ids: list[int], V: int) -> torch.Tensor:
@@ -193,18 +218,26 @@ def check_cross_entropy(cross_entropy) -> None:
     """`cross_entropy(logits, targets)`: (N, V), (N,) -> the mean NLL, a scalar tensor."""
     generator = torch.Generator().manual_seed(0)
     for N, V, scale in [(12, 7, 2.0), (1, 5, 1.0), (40, 3, 4.0)]:
-        logits = scale * torch.randn(N, V, generator=generator, dtype=torch.float64)
-        targets = torch.randint(0, V, (N,), generator=generator)
-        got = call(cross_entropy, logits.clone(), targets.clone())
-        got = as_tensor(got, "the loss")
-        expected = F.cross_entropy(logits, targets)  # PyTorch, an independent implementation
-        close_or_diagnose(got, expected, f"the loss of {N} predictions over V = {V}",
-                          _cross_entropy_mistakes(logits, targets), rtol=1e-5, atol=1e-7,
-                          factors={f"N = {N} (the number of predictions)": N})
+        _check_cross_entropy_case(cross_entropy, generator, N, V, scale)
+    with fresh_case(fresh_seed()) as generator:  # logits and targets no one knew in advance
+        N, V = (int(torch.randint(low, high, (), generator=generator))
+                for low, high in ((2, 50), (2, 30)))
+        _check_cross_entropy_case(cross_entropy, generator, N, V, 3.0)
     _check_against_gpt(cross_entropy)
     _check_large_logits(cross_entropy)
     _check_gradient(cross_entropy)
     passed("cross_entropy")
+
+
+def _check_cross_entropy_case(cross_entropy, generator, N, V, scale) -> None:
+    logits = scale * torch.randn(N, V, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, V, (N,), generator=generator)
+    got = call(cross_entropy, logits.clone(), targets.clone())
+    got = as_tensor(got, "the loss")
+    expected = F.cross_entropy(logits, targets)  # PyTorch, an independent implementation
+    close_or_diagnose(got, expected, f"the loss of {N} predictions over V = {V}",
+                      _cross_entropy_mistakes(logits, targets), rtol=1e-5, atol=1e-7,
+                      factors={f"N = {N} (the number of predictions)": N})
 
 
 def _cross_entropy_mistakes(logits, targets) -> dict:
@@ -285,16 +318,24 @@ def check_lm_loss(lm_loss) -> None:
     of predicting tokens[:, t + 1] from position t, averaged over the B * (T - 1) predictions."""
     generator = torch.Generator().manual_seed(0)
     for B, T, V in [(2, 6, 9), (3, 2, 5), (1, 12, 4)]:
-        logits = 2 * torch.randn(B, T, V, generator=generator, dtype=torch.float64)
-        tokens = torch.randint(0, V, (B, T), generator=generator)
-        got = as_tensor(call(lm_loss, logits.clone(), tokens.clone()), "the loss")
-        expected = _lm_loss(logits, tokens)
-        close_or_diagnose(got, expected, f"the loss for B = {B}, T = {T}",
-                          _lm_loss_mistakes(logits, tokens), rtol=1e-5, atol=1e-7,
-                          factors={f"B·(T-1) = {B * (T - 1)} (the number of predictions)":
-                                   B * (T - 1)})
+        _check_lm_loss_case(lm_loss, generator, B, T, V)
+    with fresh_case(fresh_seed()) as generator:  # logits and tokens no one knew in advance
+        B, T, V = (int(torch.randint(low, high, (), generator=generator))
+                   for low, high in ((1, 5), (2, 15), (2, 20)))
+        _check_lm_loss_case(lm_loss, generator, B, T, V)
     _check_lm_loss_against_models(lm_loss)
     passed("lm_loss")
+
+
+def _check_lm_loss_case(lm_loss, generator, B, T, V) -> None:
+    logits = 2 * torch.randn(B, T, V, generator=generator, dtype=torch.float64)
+    tokens = torch.randint(0, V, (B, T), generator=generator)
+    got = as_tensor(call(lm_loss, logits.clone(), tokens.clone()), "the loss")
+    expected = _lm_loss(logits, tokens)
+    close_or_diagnose(got, expected, f"the loss for B = {B}, T = {T}",
+                      _lm_loss_mistakes(logits, tokens), rtol=1e-5, atol=1e-7,
+                      factors={f"B·(T-1) = {B * (T - 1)} (the number of predictions)":
+                               B * (T - 1)})
 
 
 def _lm_loss(logits, tokens, logits_part=slice(None, -1), targets_part=slice(1, None)):
@@ -384,33 +425,45 @@ def check_perplexity(perplexity) -> None:
     for name, batches in [("three batches of 40, 3 and 17 predictions", uneven),
                           ("a fair 4-sided die (expected perplexity 4)", die_batches),
                           ("one batch", single)]:
-        got = call(perplexity, [(z.clone(), y.clone()) for z, y in batches])
-        got = as_number(got, "the perplexity")
-        losses = [F.cross_entropy(z, y, reduction="none") for z, y in batches]
-        all_losses = torch.cat(losses)
-        expected = math.exp(all_losses.mean().item())  # eq. (2.5)
-        if math.isclose(got, expected, rel_tol=1e-5):
-            continue
-        diagnosis = diagnose(got, {
-            "that is the loss L itself; the perplexity is e^L": all_losses.mean().item(),
-            "the batches have different sizes, so average the loss over all predictions "
-            "(weight each batch's mean loss by its number of predictions), not over batches":
-                math.exp(sum(loss.mean().item() for loss in losses) / len(losses)),
-            "you averaged the batches' perplexities; e^L of the pooled mean loss is not the "
-            "mean of the batches' e^L": sum(math.exp(loss.mean().item()) for loss in losses)
-                / len(losses),
-            "you took e^ of the summed loss; the exponent is the *mean* loss":
-                _safe_exp(all_losses.sum().item()),
-            "you averaged e^(loss) over predictions (an arithmetic mean of 1/q); the "
-            "perplexity is the exponential of the mean loss (a geometric mean)":
-                all_losses.exp().mean().item(),
-            "2^L is the perplexity of a loss in bits; with the natural log it is e^L":
-                2 ** all_losses.mean().item(),
-        }, rtol=1e-5, atol=0.0)
-        if diagnosis:
-            raise CheckFailed(f"the perplexity for {name}: {diagnosis}")
-        raise CheckFailed(f"the perplexity for {name} is {got:.6g}, expected {expected:.6g}")
+        _check_perplexity_case(perplexity, name, batches)
+    with fresh_case(fresh_seed()) as generator:  # batches no one knew in advance
+        V = int(torch.randint(2, 30, (), generator=generator))
+        sizes = torch.randint(1, 40, (int(torch.randint(2, 5, (), generator=generator)),),
+                              generator=generator).tolist()
+        batches = [(2 * torch.randn(n, V, generator=generator, dtype=torch.float64),
+                    torch.randint(0, V, (n,), generator=generator)) for n in sizes]
+        _check_perplexity_case(perplexity, f"batches of {sizes} predictions over V = {V}",
+                               batches)
     passed("perplexity")
+
+
+def _check_perplexity_case(perplexity, name: str, batches) -> None:
+    got = call(perplexity, [(z.clone(), y.clone()) for z, y in batches])
+    got = as_number(got, "the perplexity")
+    losses = [F.cross_entropy(z, y, reduction="none") for z, y in batches]
+    all_losses = torch.cat(losses)
+    expected = math.exp(all_losses.mean().item())  # eq. (2.5)
+    if math.isclose(got, expected, rel_tol=1e-5):
+        return
+    diagnosis = diagnose(got, {
+        "that is the loss L itself; the perplexity is e^L": all_losses.mean().item(),
+        "the batches have different sizes, so average the loss over all predictions "
+        "(weight each batch's mean loss by its number of predictions), not over batches":
+            math.exp(sum(loss.mean().item() for loss in losses) / len(losses)),
+        "you averaged the batches' perplexities; e^L of the pooled mean loss is not the "
+        "mean of the batches' e^L": sum(math.exp(loss.mean().item()) for loss in losses)
+            / len(losses),
+        "you took e^ of the summed loss; the exponent is the *mean* loss":
+            _safe_exp(all_losses.sum().item()),
+        "you averaged e^(loss) over predictions (an arithmetic mean of 1/q); the "
+        "perplexity is the exponential of the mean loss (a geometric mean)":
+            all_losses.exp().mean().item(),
+        "2^L is the perplexity of a loss in bits; with the natural log it is e^L":
+            2 ** all_losses.mean().item(),
+    }, rtol=1e-5, atol=0.0)
+    if diagnosis:
+        raise CheckFailed(f"the perplexity for {name}: {diagnosis}")
+    raise CheckFailed(f"the perplexity for {name} is {got:.6g}, expected {expected:.6g}")
 
 
 def _safe_exp(x: float) -> float | None:
@@ -424,30 +477,38 @@ def _safe_exp(x: float) -> float | None:
 def check_initial_loss(initial_loss) -> None:
     """`initial_loss(vocab_size, sigma)` = ln V + sigma^2 / 2, the loss of random logits."""
     for V, sigma in [(256, 0.0), (50257, 0.0), (256, 1.0), (65, 0.5), (50257, 0.02)]:
-        got = as_number(call(initial_loss, V, sigma), f"initial_loss({V}, {sigma})")
-        expected = math.log(V) + sigma**2 / 2
-        if math.isclose(got, expected, rel_tol=1e-6):
-            continue
-        diagnosis = diagnose(got, {
-            "that is log base 2 (bits); the loss uses the natural log, ln V":
-                math.log2(V) + sigma**2 / 2,
-            "that is log base 10; the loss uses the natural log, ln V":
-                math.log10(V) + sigma**2 / 2,
-            "that is the perplexity of a uniform guess, V; the loss is ln V": float(V),
-            "the sign is flipped: the loss of a uniform guess is -log(1/V) = +ln V":
-                -math.log(V) + sigma**2 / 2,
-            "the term for the size of the logits is missing: eq. (2.7) adds sigma^2 / 2":
-                math.log(V) if sigma > 0 else None,
-            "eq. (2.7) adds sigma^2 / 2, not sigma / 2": math.log(V) + sigma / 2,
-            "eq. (2.7) adds sigma^2 / 2, not sigma^2 (the mean of a log-normal is "
-            "e^(sigma^2 / 2))": math.log(V) + sigma**2,
-        }, rtol=1e-6, atol=0.0)
-        if diagnosis:
-            raise CheckFailed(f"initial_loss({V}, {sigma}): {diagnosis}")
-        raise CheckFailed(f"initial_loss({V}, {sigma}) is {got:.6g}, expected {expected:.6g} "
-                          f"(ln {V} = {math.log(V):.4f})")
+        _check_initial_loss_case(initial_loss, V, sigma)
     _check_prediction_against_a_fresh_gpt(initial_loss)
+    with fresh_case(fresh_seed()) as generator:  # V and sigma no one knew in advance
+        V = int(torch.randint(2, 100_000, (), generator=generator))
+        sigma = round(float(torch.rand((), generator=generator)) * 2, 4)
+        _check_initial_loss_case(initial_loss, V, sigma)
     passed("initial_loss")
+
+
+def _check_initial_loss_case(initial_loss, V, sigma) -> None:
+    got = as_number(call(initial_loss, V, sigma), f"initial_loss({V}, {sigma})")
+    expected = math.log(V) + sigma**2 / 2
+    if math.isclose(got, expected, rel_tol=1e-6):
+        return
+    diagnosis = diagnose(got, {
+        "that is log base 2 (bits); the loss uses the natural log, ln V":
+            math.log2(V) + sigma**2 / 2,
+        "that is log base 10; the loss uses the natural log, ln V":
+            math.log10(V) + sigma**2 / 2,
+        "that is the perplexity of a uniform guess, V; the loss is ln V": float(V),
+        "the sign is flipped: the loss of a uniform guess is -log(1/V) = +ln V":
+            -math.log(V) + sigma**2 / 2,
+        "the term for the size of the logits is missing: eq. (2.7) adds sigma^2 / 2":
+            math.log(V) if sigma > 0 else None,
+        "eq. (2.7) adds sigma^2 / 2, not sigma / 2": math.log(V) + sigma / 2,
+        "eq. (2.7) adds sigma^2 / 2, not sigma^2 (the mean of a log-normal is "
+        "e^(sigma^2 / 2))": math.log(V) + sigma**2,
+    }, rtol=1e-6, atol=0.0)
+    if diagnosis:
+        raise CheckFailed(f"initial_loss({V}, {sigma}): {diagnosis}")
+    raise CheckFailed(f"initial_loss({V}, {sigma}) is {got:.6g}, expected {expected:.6g} "
+                      f"(ln {V} = {math.log(V):.4f})")
 
 
 def _check_prediction_against_a_fresh_gpt(initial_loss) -> None:

@@ -47,6 +47,15 @@ def key(value):
     return ("object", type(value).__qualname__)  # a tokenizer, say: known by its kind only
 
 
+def _detached(answer):
+    """The answer without autograd history (a remembered number has none)."""
+    if isinstance(answer, torch.Tensor):
+        return answer.detach()
+    if isinstance(answer, list | tuple):
+        return type(answer)(_detached(item) for item in answer)
+    return answer
+
+
 class Memoriser:
     """A learner's function that only remembers the answers to a check's fixed examples.
 
@@ -60,7 +69,7 @@ class Memoriser:
 
     def record(self, *args, **kwargs):
         answer = self.right(*args, **kwargs)
-        self.answers.setdefault(key((args, kwargs)), copy.deepcopy(answer))
+        self.answers.setdefault(key((args, kwargs)), copy.deepcopy(_detached(answer)))
         return answer
 
     def replay(self, *args, **kwargs):

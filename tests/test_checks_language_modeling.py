@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails
+from check_helpers import fails, rejects_remembered_answers
 
 from checks import language_modeling as check
 
@@ -276,3 +276,18 @@ def test_initial_loss_is_compared_with_a_fresh_model():
         return math.log(V) + (sigma**2 / 2 if listed else 1.0)
 
     fails(check.check_initial_loss, right_only_for_listed_sigmas, "fresh minigpt.GPT")
+
+
+# ---- every check: answers remembered for the fixed examples are not enough ---------------------
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_windows, windows),
+    (check.check_bigram_probs, bigram_probs),
+    (check.check_cross_entropy, cross_entropy),
+    (check.check_lm_loss, lm_loss),
+    (check.check_perplexity, perplexity),
+    (check.check_initial_loss, lambda V, sigma: math.log(V) + sigma**2 / 2),
+], ids=["windows", "bigram_probs", "cross_entropy", "lm_loss", "perplexity", "initial_loss"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
