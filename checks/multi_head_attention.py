@@ -12,7 +12,16 @@ import math
 
 import torch
 
-from checks.core import CheckFailed, call, close_or_diagnose, diagnose, passed, require
+from checks.core import (
+    CheckFailed,
+    call,
+    close_or_diagnose,
+    diagnose,
+    fresh_case,
+    fresh_seed,
+    passed,
+    require,
+)
 
 # (B, T, n_head, head_dim): the first has all sizes distinct, so a transpose in the wrong place
 # shows in the shape; then a single token and a single head, where split and merge are trivial.
@@ -30,6 +39,11 @@ VIEW_HINT = (
 
 def _seeded_randn(*shape, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _fresh_sizes(generator, *ranges) -> list[int]:
+    """One integer from each [low, high) range, drawn with `generator`."""
+    return [int(torch.randint(low, high, (), generator=generator)) for low, high in ranges]
 
 
 def _run(function, *args):
@@ -56,14 +70,23 @@ def _package_layer(n_embd: int, n_head: int, bias: bool = True):
 def check_split_heads(split_heads) -> None:
     """split_heads(x, n_head): (B, T, C) -> (B, n_head, T, C / n_head), head i = features i·d.."""
     for number, (B, T, n_head, head_dim) in enumerate(SPLIT_SHAPES):
-        x = _seeded_randn(B, T, n_head * head_dim, seed=number)
-        out = _run(split_heads, x.clone(), n_head)
-        expected = _package_layer(n_head * head_dim, n_head).split_heads(x)
-        by_hand = torch.stack([x[..., i * head_dim:(i + 1) * head_dim] for i in range(n_head)], 1)
-        torch.testing.assert_close(expected, by_hand)  # the package against plain slicing
-        close_or_diagnose(out, expected, f"split_heads(x, n_head={n_head}) for x of shape "
-                          f"{tuple(x.shape)}", _split_mistakes(x, B, T, n_head, head_dim))
+        _check_split_case(split_heads, _seeded_randn(B, T, n_head * head_dim, seed=number), n_head)
+    with fresh_case(fresh_seed()) as generator:  # sizes no one knew in advance
+        B, T, n_head, head_dim = _fresh_sizes(generator, (1, 4), (2, 9), (2, 6), (2, 7))
+        _check_split_case(split_heads, torch.randn(B, T, n_head * head_dim,
+                                                   generator=generator), n_head)
     passed("split_heads")
+
+
+def _check_split_case(split_heads, x, n_head) -> None:
+    B, T, C = x.shape
+    head_dim = C // n_head
+    out = _run(split_heads, x.clone(), n_head)
+    expected = _package_layer(C, n_head).split_heads(x)
+    by_hand = torch.stack([x[..., i * head_dim:(i + 1) * head_dim] for i in range(n_head)], 1)
+    torch.testing.assert_close(expected, by_hand)  # the package against plain slicing
+    close_or_diagnose(out, expected, f"split_heads(x, n_head={n_head}) for x of shape "
+                      f"{tuple(x.shape)}", _split_mistakes(x, B, T, n_head, head_dim))
 
 
 def _split_mistakes(x, B, T, n_head, head_dim) -> dict:
@@ -100,6 +123,10 @@ def check_merge_heads(merge_heads) -> None:
     B, T, n_head, head_dim = SPLIT_SHAPES[0]
     y = _seeded_randn(B, T, n_head, head_dim, seed=20).transpose(1, 2)
     _check_merge_once(merge_heads, y, "merge_heads(y) for a non-contiguous y (a transposed view)")
+    with fresh_case(fresh_seed()) as generator:  # sizes no one knew in advance
+        B, T, n_head, head_dim = _fresh_sizes(generator, (1, 4), (2, 9), (2, 6), (2, 7))
+        y = torch.randn(B, T, n_head, head_dim, generator=generator).transpose(1, 2)
+        _check_merge_once(merge_heads, y, f"merge_heads(y) for y of shape {tuple(y.shape)}")
     passed("merge_heads")
 
 
@@ -132,13 +159,23 @@ def check_fuse_qkv(fuse_qkv) -> None:
         d = C // n_head
         w_q, w_k, w_v = ([_seeded_randn(C, d, seed=100 * number + 10 * part + i)
                           for i in range(n_head)] for part in range(3))
-        out = call(fuse_qkv, [w.clone() for w in w_q], [w.clone() for w in w_k],
-                   [w.clone() for w in w_v])
-        expected = torch.cat([torch.cat(w_q, 1), torch.cat(w_k, 1), torch.cat(w_v, 1)], 1).T
-        _fused_layer_agrees(expected, w_q, w_k, w_v, C, n_head)
-        close_or_diagnose(out, expected, f"fuse_qkv for C={C}, n_head={n_head}",
-                          _fuse_mistakes(w_q, w_k, w_v, expected))
+        _check_fuse_case(fuse_qkv, w_q, w_k, w_v)
+    with fresh_case(fresh_seed()) as generator:  # sizes and weights no one knew in advance
+        n_head, d = _fresh_sizes(generator, (2, 6), (2, 6))
+        w_q, w_k, w_v = ([torch.randn(n_head * d, d, generator=generator) for _ in range(n_head)]
+                         for _ in range(3))
+        _check_fuse_case(fuse_qkv, w_q, w_k, w_v)
     passed("fuse_qkv")
+
+
+def _check_fuse_case(fuse_qkv, w_q, w_k, w_v) -> None:
+    n_head, C = len(w_q), w_q[0].size(0)
+    out = call(fuse_qkv, [w.clone() for w in w_q], [w.clone() for w in w_k],
+               [w.clone() for w in w_v])
+    expected = torch.cat([torch.cat(w_q, 1), torch.cat(w_k, 1), torch.cat(w_v, 1)], 1).T
+    _fused_layer_agrees(expected, w_q, w_k, w_v, C, n_head)
+    close_or_diagnose(out, expected, f"fuse_qkv for C={C}, n_head={n_head}",
+                      _fuse_mistakes(w_q, w_k, w_v, expected))
 
 
 def _fused_layer_agrees(weight, w_q, w_k, w_v, C, n_head) -> None:
@@ -184,28 +221,38 @@ COUNT_CONFIGS = [(32, 4, True), (768, 12, True), (64, 8, False), (48, 1, True), 
 def check_mha_parameter_count(count) -> None:
     """count(n_embd, n_head, bias) == the number of parameters of MultiHeadAttention."""
     for C, n_head, bias in COUNT_CONFIGS:
-        answer = call(count, C, n_head, bias)
-        what = f"the count for n_embd={C}, n_head={n_head}, bias={bias}"
-        require(isinstance(answer, int | float) and not isinstance(answer, bool)
-                or isinstance(answer, torch.Tensor) and answer.numel() == 1,
-                f"{what} should be a number, got {type(answer).__name__}")
-        answer = answer.item() if isinstance(answer, torch.Tensor) else answer
-        expected = _count_parameters(_package_layer(C, n_head, bias))
-        reference = _count_parameters(torch.nn.MultiheadAttention(C, n_head, bias=bias))
-        assert expected == reference == 4 * C**2 + (4 * C if bias else 0)
-        if answer == expected:
-            continue
-        diagnosis = diagnose(answer, _count_mistakes(C, n_head, bias))
-        if diagnosis is None and bias and n_head > 1:
-            other = call(count, C, 1, bias)
-            if other != answer:
-                diagnosis = (f"your count changes with the number of heads ({other} for one head); "
-                             "it should not: h heads of width C/h need h·C·(C/h) = C² weights "
-                             "per projection, like one wide head")
-        raise CheckFailed(f"{what} is {answer}, expected {expected}"
-                          + (f": {diagnosis}" if diagnosis else
-                             " = 4C² + 4C with biases, 4C² without (eq. 4.6)"))
+        _check_count_case(count, C, n_head, bias)
+    with fresh_case(fresh_seed()) as generator:  # a layer no one knew in advance
+        case = COUNT_CONFIGS[0]
+        while case in COUNT_CONFIGS:
+            n_head, d, bias = _fresh_sizes(generator, (1, 13), (1, 65), (0, 2))
+            case = (n_head * d, n_head, bool(bias))
+        _check_count_case(count, *case)
     passed("mha_parameter_count")
+
+
+def _check_count_case(count, C, n_head, bias) -> None:
+    answer = call(count, C, n_head, bias)
+    what = f"the count for n_embd={C}, n_head={n_head}, bias={bias}"
+    require(isinstance(answer, int | float) and not isinstance(answer, bool)
+            or isinstance(answer, torch.Tensor) and answer.numel() == 1,
+            f"{what} should be a number, got {type(answer).__name__}")
+    answer = answer.item() if isinstance(answer, torch.Tensor) else answer
+    expected = _count_parameters(_package_layer(C, n_head, bias))
+    reference = _count_parameters(torch.nn.MultiheadAttention(C, n_head, bias=bias))
+    assert expected == reference == 4 * C**2 + (4 * C if bias else 0)
+    if answer == expected:
+        return
+    diagnosis = diagnose(answer, _count_mistakes(C, n_head, bias))
+    if diagnosis is None and bias and n_head > 1:
+        other = call(count, C, 1, bias)
+        if other != answer:
+            diagnosis = (f"your count changes with the number of heads ({other} for one head); "
+                         "it should not: h heads of width C/h need h·C·(C/h) = C² weights "
+                         "per projection, like one wide head")
+    raise CheckFailed(f"{what} is {answer}, expected {expected}"
+                      + (f": {diagnosis}" if diagnosis else
+                         " = 4C² + 4C with biases, 4C² without (eq. 4.6)"))
 
 
 def _count_parameters(module) -> int:
@@ -246,19 +293,28 @@ def check_mha_forward(mha_forward) -> None:
     """mha_forward(x, w_qkv, b_qkv, w_out, b_out, n_head) == causal MultiHeadAttention(x)."""
     for number, (B, T, C, n_head) in enumerate(MHA_SHAPES):
         x = _seeded_randn(B, T, C, seed=200 + number)
-        weights = _layer_weights(C, seed=300 + number)
-        out = _run(mha_forward, x.clone(), *(w.clone() for w in weights), n_head)
-        expected = _package_forward(x, weights, n_head)
-        torch.testing.assert_close(expected, _torch_reference(x, weights, n_head))
-        what = f"mha_forward for x of shape {tuple(x.shape)}, n_head={n_head}"
-        if isinstance(out, torch.Tensor) and tuple(out.shape) == tuple(expected.shape):
-            if not torch.allclose(out.detach().to(expected.dtype), expected, 1e-4, 1e-5):
-                mistake = diagnose(out, _forward_mistakes(x, weights, n_head), 1e-4, 1e-5)
-                if mistake:
-                    raise CheckFailed(f"{what} is not right: {mistake}")
-                _require_causal(mha_forward, x, weights, n_head, what)
-        close_or_diagnose(out, expected, what, factors={"√d": math.sqrt(C // n_head)})
+        _check_forward_case(mha_forward, x, _layer_weights(C, seed=300 + number), n_head)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # sizes, input and weights no one knew in advance
+        B, T, n_head, d = _fresh_sizes(generator, (1, 4), (2, 9), (1, 5), (2, 6))
+        x = torch.randn(B, T, n_head * d, generator=generator)
+        _check_forward_case(mha_forward, x, _layer_weights(n_head * d, seed=seed), n_head)
     passed("mha_forward")
+
+
+def _check_forward_case(mha_forward, x, weights, n_head) -> None:
+    C = x.size(-1)
+    out = _run(mha_forward, x.clone(), *(w.clone() for w in weights), n_head)
+    expected = _package_forward(x, weights, n_head)
+    torch.testing.assert_close(expected, _torch_reference(x, weights, n_head))
+    what = f"mha_forward for x of shape {tuple(x.shape)}, n_head={n_head}"
+    if isinstance(out, torch.Tensor) and tuple(out.shape) == tuple(expected.shape):
+        if not torch.allclose(out.detach().to(expected.dtype), expected, 1e-4, 1e-5):
+            mistake = diagnose(out, _forward_mistakes(x, weights, n_head), 1e-4, 1e-5)
+            if mistake:
+                raise CheckFailed(f"{what} is not right: {mistake}")
+            _require_causal(mha_forward, x, weights, n_head, what)
+    close_or_diagnose(out, expected, what, factors={"√d": math.sqrt(C // n_head)})
 
 
 def _layer_weights(C: int, seed: int) -> tuple[torch.Tensor, ...]:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails
+from check_helpers import fails, rejects_remembered_answers
 
 from checks import multi_head_attention as check
 
@@ -181,3 +181,17 @@ def test_a_scale_mistake_on_top_of_another_is_still_measured():
     # sqrt(d) too large and no output bias: no single known mistake; the generic message remains
     wrong = lambda x, w, b, wo, bo, n: _attention(x, w, b, wo, bo * 0, n, scale=1.0)  # noqa: E731
     fails(check.check_mha_forward, wrong, "largest difference")
+
+
+# --- every check: answers remembered for the fixed examples are not enough ---------------------
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_split_heads, split_heads),
+    (check.check_merge_heads, merge_heads),
+    (check.check_fuse_qkv, fuse_qkv),
+    (check.check_mha_parameter_count, lambda C, n_head, bias: 4 * C**2 + (4 * C if bias else 0)),
+    (check.check_mha_forward, _attention),
+], ids=["split_heads", "merge_heads", "fuse_qkv", "mha_parameter_count", "mha_forward"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
