@@ -13,11 +13,25 @@ import math
 import torch
 import torch.nn.functional as F
 
-from checks.core import CheckFailed, call, close_or_diagnose, diagnose, passed, require
+from checks.core import (
+    CheckFailed,
+    call,
+    close_or_diagnose,
+    diagnose,
+    fresh_case,
+    fresh_seed,
+    passed,
+    require,
+)
 
 
 def _seeded_randn(*shape, seed: int, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _fresh_int(generator, low: int, high: int) -> int:
+    """An integer in [low, high), drawn with `generator`."""
+    return int(torch.randint(low, high, (), generator=generator))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -29,28 +43,44 @@ def check_permutation_gap(permutation_gap) -> None:
     T, d = 6, 8
     x = _seeded_randn(T, d, seed=0)
     perm = torch.tensor([2, 0, 5, 1, 3, 4])  # not its own inverse, so the two cannot be confused
-    equivariant = {"plain self-attention": _attention_layer(d, seed=1),
-                   "a per-token feed-forward layer": _token_wise_layer(d, seed=2)}
-    order_aware = {"causal self-attention": _attention_layer(d, seed=1, is_causal=True),
-                   "self-attention after adding the sinusoidal encoding":
-                       _attention_layer(d, seed=1, add_positions=True)}
-    for name, layer in {**equivariant, **order_aware}.items():
-        answer = call(permutation_gap, layer, x.clone(), perm.clone())
-        answer = _as_number(answer, f"permutation_gap for {name}")
+    for name, (layer, equivariant) in _gap_layers(d, seed=1).items():
         expected = _gap(layer, x, perm)
-        if name in equivariant:
-            assert expected < 1e-5  # eq. (5.1)
-        else:
-            assert expected > 1e-2
-        if math.isclose(answer, expected, rel_tol=1e-3, abs_tol=1e-5):
-            continue
-        mistake = diagnose(answer, _gap_mistakes(layer, x, perm), rtol=1e-3, atol=1e-5)
-        if mistake is None and name in equivariant:
-            mistake = (f"eq. (5.1) says {name} is permutation-equivariant, so the gap should be 0 "
-                       "up to float rounding")
-        raise CheckFailed(f"permutation_gap for {name} is {answer:.4g}, expected {expected:.4g}"
-                          + (f": {mistake}" if mistake else ""))
+        assert expected < 1e-5 if equivariant else expected > 1e-2  # eq. (5.1)
+        _check_gap_case(permutation_gap, name, layer, x, perm, equivariant)
+    with fresh_case(fresh_seed()) as generator:  # tokens and a shuffle no one knew in advance
+        T = _fresh_int(generator, 4, 10)
+        x = torch.randn(T, d, generator=generator)
+        perm = torch.arange(T)
+        while bool((perm == torch.arange(T)).any()):  # every token moves
+            perm = torch.randperm(T, generator=generator)
+        layers = _gap_layers(d, seed=_fresh_int(generator, 10, 10**6))
+        for name, (layer, equivariant) in layers.items():
+            _check_gap_case(permutation_gap, f"{name}, on {T} tokens shuffled by "
+                            f"{perm.tolist()}", layer, x, perm, equivariant)
     passed("permutation_gap (plain attention is permutation-equivariant, eq. 5.1)")
+
+
+def _gap_layers(d: int, seed: int) -> dict:
+    """{name: (layer, whether eq. 5.1 makes it permutation-equivariant)}."""
+    return {"plain self-attention": (_attention_layer(d, seed=seed), True),
+            "a per-token feed-forward layer": (_token_wise_layer(d, seed=seed + 1), True),
+            "causal self-attention": (_attention_layer(d, seed=seed, is_causal=True), False),
+            "self-attention after adding the sinusoidal encoding":
+                (_attention_layer(d, seed=seed, add_positions=True), False)}
+
+
+def _check_gap_case(permutation_gap, name, layer, x, perm, equivariant: bool) -> None:
+    answer = call(permutation_gap, layer, x.clone(), perm.clone())
+    answer = _as_number(answer, f"permutation_gap for {name}")
+    expected = _gap(layer, x, perm)
+    if math.isclose(answer, expected, rel_tol=1e-3, abs_tol=1e-5):
+        return
+    mistake = diagnose(answer, _gap_mistakes(layer, x, perm), rtol=1e-3, atol=1e-5)
+    if mistake is None and equivariant:
+        mistake = (f"eq. (5.1) says {name.split(',')[0]} is permutation-equivariant, so the gap "
+                   "should be 0 up to float rounding")
+    raise CheckFailed(f"permutation_gap for {name} is {answer:.4g}, expected {expected:.4g}"
+                      + (f": {mistake}" if mistake else ""))
 
 
 def _as_number(answer, what: str) -> float:
@@ -119,18 +149,26 @@ SINUSOID_CASES = [(50, 16, 10000.0), (7, 2, 10000.0), (1, 8, 10000.0), (20, 12, 
 
 def check_sinusoidal_encoding(sinusoidal_encoding) -> None:
     """sinusoidal_encoding(n_positions, dim, base) == the table of eq. (5.2)."""
+    for n_positions, dim, base in SINUSOID_CASES:
+        _check_sinusoid_case(sinusoidal_encoding, n_positions, dim, base)
+    with fresh_case(fresh_seed()) as generator:  # a table no one knew in advance
+        n_positions, half = _fresh_int(generator, 2, 60), _fresh_int(generator, 1, 16)
+        base = float(_fresh_int(generator, 100, 20000))
+        _check_sinusoid_case(sinusoidal_encoding, n_positions, 2 * half, base)
+    passed("sinusoidal_encoding")
+
+
+def _check_sinusoid_case(sinusoidal_encoding, n_positions, dim, base) -> None:
     from minigpt.positional import sinusoidal_encoding as package_encoding
 
-    for n_positions, dim, base in SINUSOID_CASES:
-        out = call(sinusoidal_encoding, n_positions, dim, base)
-        expected = _table_by_hand(n_positions, dim, base)  # float64
-        torch.testing.assert_close(package_encoding(n_positions, dim, base).double(), expected,
-                                   rtol=0, atol=1e-5)
-        what = f"sinusoidal_encoding({n_positions}, {dim}, base={base:g})"
-        _require_decaying_frequencies(out, expected, what, base)
-        close_or_diagnose(out, expected, what, _table_mistakes(n_positions, dim, base),
-                          rtol=1e-4, atol=1e-5)
-    passed("sinusoidal_encoding")
+    out = call(sinusoidal_encoding, n_positions, dim, base)
+    expected = _table_by_hand(n_positions, dim, base)  # float64
+    torch.testing.assert_close(package_encoding(n_positions, dim, base).double(), expected,
+                               rtol=0, atol=1e-5)
+    what = f"sinusoidal_encoding({n_positions}, {dim}, base={base:g})"
+    _require_decaying_frequencies(out, expected, what, base)
+    close_or_diagnose(out, expected, what, _table_mistakes(n_positions, dim, base),
+                      rtol=1e-4, atol=1e-5)
 
 
 def _require_decaying_frequencies(out, expected, what: str, base: float) -> None:
@@ -207,26 +245,32 @@ SHIFT_CASES = [(5, 16), (1, 8), (0, 4), (3, 2), (-2, 6)]  # (k, dim); k = 0 and 
 
 def check_shift_matrix(shift_matrix) -> None:
     """shift_matrix(k, dim, base) == M_k with PE(p + k) = M_k PE(p) for every p (eq. 5.3)."""
+    for k, dim in SHIFT_CASES:
+        _check_shift_case(shift_matrix, k, dim, 10000.0)
+    with fresh_case(fresh_seed()) as generator:  # a shift no one knew in advance
+        k, dim = _fresh_int(generator, -15, 16), 2 * _fresh_int(generator, 1, 9)
+        _check_shift_case(shift_matrix, k, dim, float(_fresh_int(generator, 100, 20000)))
+    passed("shift_matrix (PE(p + k) = M_k PE(p), eq. 5.3)")
+
+
+def _check_shift_case(shift_matrix, k, dim, base) -> None:
     from minigpt.positional import sinusoidal_shift_matrix
 
-    base, n_positions = 10000.0, 40
-    table = _table_by_hand(n_positions, 16, base)
-    for k, dim in SHIFT_CASES:
-        out = call(shift_matrix, k, dim, base)
-        expected = sinusoidal_shift_matrix(k, dim, base)  # (dim, dim), float64
-        pe = table[:, :dim] if dim == 16 else _table_by_hand(n_positions, dim, base)
-        start, stop = max(0, -k), n_positions - max(0, k)
-        torch.testing.assert_close(pe[start + k:stop + k], pe[start:stop] @ expected.T)
-        what = f"shift_matrix(k={k}, dim={dim})"
-        mistakes = _shift_mistakes(k, dim, base)
-        if isinstance(out, torch.Tensor) and out.shape == expected.shape and not torch.allclose(
-                out.double(), expected, rtol=1e-5, atol=1e-7) and diagnose(out, mistakes) is None:
-            miss = (pe[start + k:stop + k] - pe[start:stop] @ out.double().T).abs().max().item()
-            raise CheckFailed(f"{what} is not right: M_k PE(p) misses PE(p + k) by up to "
-                              f"{miss:.3g} (eq. 5.3). M_k is block-diagonal, one 2×2 block "
-                              "[[cos kω_i, sin kω_i], [-sin kω_i, cos kω_i]] per pair (2i, 2i+1)")
-        close_or_diagnose(out, expected, what, mistakes, rtol=1e-5, atol=1e-7)
-    passed("shift_matrix (PE(p + k) = M_k PE(p), eq. 5.3)")
+    n_positions = 40
+    out = call(shift_matrix, k, dim, base)
+    expected = sinusoidal_shift_matrix(k, dim, base)  # (dim, dim), float64
+    pe = _table_by_hand(n_positions, dim, base)
+    start, stop = max(0, -k), n_positions - max(0, k)
+    torch.testing.assert_close(pe[start + k:stop + k], pe[start:stop] @ expected.T)
+    what = f"shift_matrix(k={k}, dim={dim})" + ("" if base == 10000.0 else f", base={base:g}")
+    mistakes = _shift_mistakes(k, dim, base)
+    if isinstance(out, torch.Tensor) and out.shape == expected.shape and not torch.allclose(
+            out.double(), expected, rtol=1e-5, atol=1e-7) and diagnose(out, mistakes) is None:
+        miss = (pe[start + k:stop + k] - pe[start:stop] @ out.double().T).abs().max().item()
+        raise CheckFailed(f"{what} is not right: M_k PE(p) misses PE(p + k) by up to "
+                          f"{miss:.3g} (eq. 5.3). M_k is block-diagonal, one 2×2 block "
+                          "[[cos kω_i, sin kω_i], [-sin kω_i, cos kω_i]] per pair (2i, 2i+1)")
+    close_or_diagnose(out, expected, what, mistakes, rtol=1e-5, atol=1e-7)
 
 
 def _shift(k, dim, base, *, exponent=2.0, sign=1.0, pairs="neighbours") -> torch.Tensor:
@@ -269,18 +313,26 @@ ROPE_CASES = [((2, 3, 6, 8), 0, 10000.0), ((5, 4), 7, 10000.0), ((1, 2), 3, 1000
 
 def check_rope(rope) -> None:
     """rope(x, start, base): rotate pair (i, i + d/2) of row t by the angle (start + t)·θ_i."""
+    for number, (shape, start, base) in enumerate(ROPE_CASES):
+        _check_rope_case(rope, _seeded_randn(*shape, seed=number), start, base)
+    with fresh_case(fresh_seed()) as generator:  # rows, positions and base no one knew before
+        shape = (_fresh_int(generator, 1, 4), _fresh_int(generator, 1, 9),
+                 2 * _fresh_int(generator, 1, 9))
+        start, base = _fresh_int(generator, 0, 50), float(_fresh_int(generator, 100, 20000))
+        _check_rope_case(rope, torch.randn(*shape, generator=generator), start, base)
+    passed("rope")
+
+
+def _check_rope_case(rope, x, start, base) -> None:
     from minigpt.positional import RotaryEmbedding
 
-    for number, (shape, start, base) in enumerate(ROPE_CASES):
-        x = _seeded_randn(*shape, seed=number)
-        T, d = shape[-2:]
-        out = call(rope, x.clone(), start, base)
-        expected = RotaryEmbedding(d, start + T, base)(x, start)
-        torch.testing.assert_close(expected, _rope_complex(x, start, base).float())
-        what = f"rope(x, start={start}, base={base:g}) for x of shape {tuple(shape)}"
-        close_or_diagnose(out, expected, what, _rope_mistakes(x, start, base), rtol=1e-4,
-                          atol=1e-5)
-    passed("rope")
+    T, d = x.shape[-2:]
+    out = call(rope, x.clone(), start, base)
+    expected = RotaryEmbedding(d, start + T, base)(x, start)
+    torch.testing.assert_close(expected, _rope_complex(x, start, base).float())
+    what = f"rope(x, start={start}, base={base:g}) for x of shape {tuple(x.shape)}"
+    close_or_diagnose(out, expected, what, _rope_mistakes(x, start, base), rtol=1e-4,
+                      atol=1e-5)
 
 
 def _rope_complex(x, start, base) -> torch.Tensor:
@@ -350,24 +402,35 @@ SCORE_CASES = [(0, 0, 6, 6), (5, 0, 2, 7), (40, 37, 3, 5)]
 
 def check_rope_scores(rope_scores) -> None:
     """rope_scores(q, k, q_start, k_start) == (R q)(R k)ᵀ, a function of the offsets only."""
-    from minigpt.positional import RotaryEmbedding
-
-    d, base = 8, 10000.0
+    d = 8
     for number, (q_start, k_start, n_q, n_k) in enumerate(SCORE_CASES):
         q, k = _seeded_randn(n_q, d, seed=11 + number), _seeded_randn(n_k, d, seed=21 + number)
-        out = call(rope_scores, q.clone(), k.clone(), q_start, k_start)
-        rope = RotaryEmbedding(d, max(q_start + n_q, k_start + n_k), base)
-        expected = rope(q, q_start) @ rope(k, k_start).T  # (n_q, n_k)
-        torch.testing.assert_close(expected, (_rope_complex(q, q_start, base)
-                                              @ _rope_complex(k, k_start, base).T).float())
-        what = (f"rope_scores(q, k, q_start={q_start}, k_start={k_start}) for {n_q} queries and "
-                f"{n_k} keys")
-        close_or_diagnose(out, expected, what, _score_mistakes(q, k, q_start, k_start, base),
-                          factors={"√d": math.sqrt(d)})
-        moved = call(rope_scores, q.clone(), k.clone(), q_start + 17, k_start + 17)
-        close_or_diagnose(moved, out, f"{what}, with every position moved 17 further (eq. 5.6)",
-                          {})
+        _check_scores_case(rope_scores, q, k, q_start, k_start)
+    with fresh_case(fresh_seed()) as generator:  # vectors and positions no one knew in advance
+        n_q, n_k, d = (_fresh_int(generator, 1, 7), _fresh_int(generator, 1, 9),
+                       2 * _fresh_int(generator, 1, 9))
+        q, k = torch.randn(n_q, d, generator=generator), torch.randn(n_k, d, generator=generator)
+        _check_scores_case(rope_scores, q, k, _fresh_int(generator, 0, 60),
+                           _fresh_int(generator, 0, 60))
     passed("rope_scores (the scores depend on the offsets only, eq. 5.6)")
+
+
+def _check_scores_case(rope_scores, q, k, q_start, k_start) -> None:
+    from minigpt.positional import RotaryEmbedding
+
+    (n_q, d), n_k, base = q.shape, k.size(0), 10000.0
+    out = call(rope_scores, q.clone(), k.clone(), q_start, k_start)
+    rope = RotaryEmbedding(d, max(q_start + n_q, k_start + n_k), base)
+    expected = rope(q, q_start) @ rope(k, k_start).T  # (n_q, n_k)
+    torch.testing.assert_close(expected, (_rope_complex(q, q_start, base)
+                                          @ _rope_complex(k, k_start, base).T).float())
+    what = (f"rope_scores(q, k, q_start={q_start}, k_start={k_start}) for {n_q} queries and "
+            f"{n_k} keys")
+    close_or_diagnose(out, expected, what, _score_mistakes(q, k, q_start, k_start, base),
+                      factors={"√d": math.sqrt(d)})
+    moved = call(rope_scores, q.clone(), k.clone(), q_start + 17, k_start + 17)
+    close_or_diagnose(moved, out, f"{what}, with every position moved 17 further (eq. 5.6)",
+                      {})
 
 
 def _score_mistakes(q, k, q_start, k_start, base) -> dict:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from check_helpers import fails
+from check_helpers import fails, rejects_remembered_answers
 
 from checks import positional as check
 
@@ -191,3 +191,28 @@ def test_rope_scores_passes_on_a_right_answer():
         "wrong-shape"])
 def test_rope_scores_names_the_mistake(wrong, words):
     fails(check.check_rope_scores, wrong, *words)
+
+
+# --- every check: answers remembered for the fixed examples are not enough ---------------------
+
+
+def gap_on_the_fixed_example(layer, x, perm):
+    """Measures the gap on the check's own fixed tokens and shuffle, whatever it is given."""
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    perm = torch.tensor([2, 0, 5, 1, 3, 4])
+    return (layer(x[perm]) - layer(x)[perm]).abs().max().item()
+
+
+def test_permutation_gap_rejects_a_measurement_of_the_fixed_example_only():
+    fails(check.check_permutation_gap, gap_on_the_fixed_example, "drawn at random",
+          "fixed examples", "compute it from the arguments")
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_sinusoidal_encoding, sinusoidal),
+    (check.check_shift_matrix, _block_matrix),
+    (check.check_rope, rope),
+    (check.check_rope_scores, lambda q, k, a, b: rope(q, a) @ rope(k, b).T),
+], ids=["sinusoidal_encoding", "shift_matrix", "rope", "rope_scores"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
