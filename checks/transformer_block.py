@@ -14,11 +14,25 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from checks.core import CheckFailed, call, close_or_diagnose, diagnose, passed, require
+from checks.core import (
+    CheckFailed,
+    call,
+    close_or_diagnose,
+    diagnose,
+    fresh_case,
+    fresh_seed,
+    passed,
+    require,
+)
 
 
 def _seeded_randn(*shape, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _fresh_int(generator, low: int, high: int) -> int:
+    """An integer in [low, high), drawn with `generator`."""
+    return int(torch.randint(low, high, (), generator=generator))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,15 +54,28 @@ def _layer_norm_cases():
 
 def check_layer_norm(layer_norm) -> None:
     """layer_norm(x, gamma, beta, eps) == γ ⊙ (x - μ) / √(σ² + ε) + β over the last axis."""
+    for what, x, gamma, beta, eps in _layer_norm_cases():
+        _check_layer_norm_case(layer_norm, what, x, gamma, beta, eps)
+    with fresh_case(fresh_seed()) as generator:  # tokens, γ, β and ε no one knew in advance
+        B, T, C = (_fresh_int(generator, 1, 4), _fresh_int(generator, 1, 6),
+                   _fresh_int(generator, 2, 20))
+        x = 2 * torch.randn(B, T, C, generator=generator) - 1
+        gamma = 1 + 0.5 * torch.randn(C, generator=generator)
+        beta = 0.5 * torch.randn(C, generator=generator)
+        eps = 10.0 ** -_fresh_int(generator, 1, 7)
+        _check_layer_norm_case(layer_norm, f"x of shape {(B, T, C)} and eps={eps:g}", x, gamma,
+                               beta, eps)
+    passed("layer_norm")
+
+
+def _check_layer_norm_case(layer_norm, what, x, gamma, beta, eps) -> None:
     from minigpt.layers import layer_norm as package_layer_norm
 
-    for what, x, gamma, beta, eps in _layer_norm_cases():
-        out = call(layer_norm, x.clone(), gamma.clone(), beta.clone(), eps)
-        expected = package_layer_norm(x, gamma, beta, eps)
-        torch.testing.assert_close(expected, F.layer_norm(x, (x.size(-1),), gamma, beta, eps))
-        close_or_diagnose(out, expected, f"layer_norm for {what}",
-                          _layer_norm_mistakes(x, gamma, beta, eps))
-    passed("layer_norm")
+    out = call(layer_norm, x.clone(), gamma.clone(), beta.clone(), eps)
+    expected = package_layer_norm(x, gamma, beta, eps)
+    torch.testing.assert_close(expected, F.layer_norm(x, (x.size(-1),), gamma, beta, eps))
+    close_or_diagnose(out, expected, f"layer_norm for {what}",
+                      _layer_norm_mistakes(x, gamma, beta, eps))
 
 
 def _normalise(x, gamma, beta, eps, *, dims=(-1,), correction=0, eps_where="inside",
@@ -103,17 +130,25 @@ def _layer_norm_mistakes(x, gamma, beta, eps) -> dict:
 
 def check_gelu_tanh(gelu_tanh) -> None:
     """gelu_tanh(x) == ½x(1 + tanh(√(2/π)(x + 0.044715x³)))."""
-    from minigpt.layers import gelu
-
     grid = torch.linspace(-6, 6, 241)  # includes 0, both tails and the dip near -0.75
     for what, x in (("x on a grid from -6 to 6", grid),
                     ("x of shape (2, 3, 4)", 2 * _seeded_randn(2, 3, 4, seed=5))):
-        out = call(gelu_tanh, x.clone())
-        expected = gelu(x, approximate="tanh")
-        torch.testing.assert_close(expected, F.gelu(x, approximate="tanh"))
-        close_or_diagnose(out, expected, f"gelu_tanh for {what}", _gelu_mistakes(x),
-                          factors={"2 (the ½ in front)": 2.0})
+        _check_gelu_case(gelu_tanh, what, x)
+    with fresh_case(fresh_seed()) as generator:  # inputs no one knew in advance
+        shape = (_fresh_int(generator, 1, 5), _fresh_int(generator, 1, 9))
+        _check_gelu_case(gelu_tanh, f"x of shape {shape}",
+                         3 * torch.randn(*shape, generator=generator))
     passed("gelu_tanh")
+
+
+def _check_gelu_case(gelu_tanh, what, x) -> None:
+    from minigpt.layers import gelu
+
+    out = call(gelu_tanh, x.clone())
+    expected = gelu(x, approximate="tanh")
+    torch.testing.assert_close(expected, F.gelu(x, approximate="tanh"))
+    close_or_diagnose(out, expected, f"gelu_tanh for {what}", _gelu_mistakes(x),
+                      factors={"2 (the ½ in front)": 2.0})
 
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -156,22 +191,31 @@ COUNT_CONFIGS = [(64, True), (768, True), (32, False), (1, True), (8, False)]
 def check_block_parameter_count(count) -> None:
     """count(n_embd, bias) == parameters of minigpt.layers.Block (hidden width 4C)."""
     for C, bias in COUNT_CONFIGS:
-        answer = call(count, C, bias)
-        what = f"the count for n_embd={C}, bias={bias}"
-        if isinstance(answer, torch.Tensor) and answer.numel() == 1:
-            answer = answer.item()
-        require(isinstance(answer, int | float) and not isinstance(answer, bool),
-                f"{what} should be a number, got {type(answer).__name__}")
-        expected = _block_parameters(C, bias)
-        assert expected == 12 * C**2 + (13 * C if bias else 2 * C)
-        if answer == expected:
-            continue
-        diagnosis = diagnose(answer, _count_mistakes(C, bias))
-        raise CheckFailed(f"{what} is {answer:g}, expected {expected}: " + (
-            diagnosis or "attention 4C² + 4C (eq. 4.6), feed-forward 8C² + 5C (eq. 6.5), two "
-                         "layer norms with γ and β (4C); without biases only the weights and "
-                         "the two γ remain"))
+        _check_block_count_case(count, C, bias)
+    with fresh_case(fresh_seed()) as generator:  # a width no one knew in advance
+        case = COUNT_CONFIGS[0]
+        while case in COUNT_CONFIGS:
+            case = (_fresh_int(generator, 2, 400), bool(_fresh_int(generator, 0, 2)))
+        _check_block_count_case(count, *case)
     passed("block_parameter_count")
+
+
+def _check_block_count_case(count, C, bias) -> None:
+    answer = call(count, C, bias)
+    what = f"the count for n_embd={C}, bias={bias}"
+    if isinstance(answer, torch.Tensor) and answer.numel() == 1:
+        answer = answer.item()
+    require(isinstance(answer, int | float) and not isinstance(answer, bool),
+            f"{what} should be a number, got {type(answer).__name__}")
+    expected = _block_parameters(C, bias)
+    assert expected == 12 * C**2 + (13 * C if bias else 2 * C)
+    if answer == expected:
+        return
+    diagnosis = diagnose(answer, _count_mistakes(C, bias))
+    raise CheckFailed(f"{what} is {answer:g}, expected {expected}: " + (
+        diagnosis or "attention 4C² + 4C (eq. 4.6), feed-forward 8C² + 5C (eq. 6.5), two "
+                     "layer norms with γ and β (4C); without biases only the weights and "
+                     "the two γ remain"))
 
 
 def _block_parameters(C: int, bias: bool) -> int:
@@ -217,16 +261,28 @@ def _count_mistakes(C: int, bias: bool) -> dict:
 def check_pre_ln_block(pre_ln_block) -> None:
     """pre_ln_block(x, ln_1, attn, ln_2, mlp) == x + Attn(LN₁(x)), then + FFN(LN₂(·))."""
     block = _random_block(n_embd=16, n_head=2, seed=0)
-    parts = (block.ln_1, block.attn, block.ln_2, block.mlp)
     for what, x in (("x of shape (2, 5, 16)", 2 * _seeded_randn(2, 5, 16, seed=6) + 1),
                     ("a single token, x of shape (1, 1, 16)", _seeded_randn(1, 1, 16, seed=7))):
-        with torch.no_grad():
-            out = call(pre_ln_block, x.clone(), *parts)
-            expected = block(x)
-            _compare_with_hugging_face(block, x, expected)
-            mistakes = _block_mistakes(x, *parts)
-        close_or_diagnose(out, expected, f"pre_ln_block for {what}", mistakes)
+        _check_block_case(pre_ln_block, block, what, x)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a block and tokens no one knew in advance
+        n_head, head_dim = _fresh_int(generator, 1, 4), _fresh_int(generator, 2, 7)
+        block = _random_block(n_embd=n_head * head_dim, n_head=n_head, seed=seed)
+        B, T = _fresh_int(generator, 1, 4), _fresh_int(generator, 1, 8)
+        x = 2 * torch.randn(B, T, n_head * head_dim, generator=generator)
+        _check_block_case(pre_ln_block, block, f"x of shape {tuple(x.shape)} in a block with "
+                          f"{n_head} head(s)", x)
     passed("pre_ln_block")
+
+
+def _check_block_case(pre_ln_block, block, what, x) -> None:
+    parts = (block.ln_1, block.attn, block.ln_2, block.mlp)
+    with torch.no_grad():
+        out = call(pre_ln_block, x.clone(), *parts)
+        expected = block(x)
+        _compare_with_hugging_face(block, x, expected)
+        mistakes = _block_mistakes(x, *parts)
+    close_or_diagnose(out, expected, f"pre_ln_block for {what}", mistakes)
 
 
 def _random_block(n_embd: int, n_head: int, seed: int):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails
+from check_helpers import fails, rejects_remembered_answers
 
 from checks import transformer_block as check
 
@@ -157,3 +157,16 @@ def _normalised_stream(x, ln_1, attn, ln_2, mlp):
         "no-mlp"])
 def test_pre_ln_block_names_the_mistake(wrong, words):
     fails(check.check_pre_ln_block, wrong, *words)
+
+
+# --- every check: answers remembered for the fixed examples are not enough ---------------------
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_layer_norm, layer_norm),
+    (check.check_gelu_tanh, gelu_tanh),
+    (check.check_block_parameter_count, block_parameter_count),
+    (check.check_pre_ln_block, pre_ln_block),
+], ids=["layer_norm", "gelu_tanh", "block_parameter_count", "pre_ln_block"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
