@@ -274,12 +274,16 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_dir, **overrides) -> GPT:
         """Load a model saved by `save_pretrained`, or Hugging Face GPT-2 weights.
 
-        `name_or_dir` is a minigpt folder, a Hugging Face GPT-2 folder, or one of "gpt2",
+        `name_or_dir` is a minigpt folder, a Hugging Face GPT-2 folder, one of "gpt2",
         "gpt2-medium", "gpt2-large", "gpt2-xl" (from the Hugging Face cache, or the hub when
-        reachable). `overrides` (e.g. dropout=0.1) replace config fields that do not change
-        the weights' shapes.
+        reachable), or a nanoGPT checkpoint file (`ckpt.pt`, see minigpt.nanogpt). `overrides`
+        (e.g. dropout=0.1) replace config fields that do not change the weights' shapes.
         """
         path = Path(name_or_dir)
+        if path.is_file():  # folders and hub names are not files; nanoGPT saves one ckpt.pt
+            from minigpt.nanogpt import load_nanogpt
+
+            return load_nanogpt(path, **overrides)
         config_file = path / "config.json"
         if config_file.is_file():
             saved = json.loads(config_file.read_text())
