@@ -1,6 +1,6 @@
 """Draw the course's diagrams: `python notebooks/figures/draw.py [--out DIR]`.
 
-Each figure is one function below that draws on a `Canvas` (canvas.py) and is listed once, in
+Each figure is one function below that draws on a `Canvas` (svgcanvas.py) and is listed once, in
 FIGURES; the SVG files are written next to this script unless --out names another folder. The
 output is plain SVG 1.1 and byte-identical on every run. Names set as `code` in a label are
 checked against minigpt, and the example sizes (GPT-2 small) come from GPTConfig's defaults, so
@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # canvas.py sits beside this script
+sys.path.insert(0, str(HERE))  # svgcanvas.py sits beside this script
 
-from canvas import PALETTE, Canvas, tint  # noqa: E402
+from svgcanvas import PALETTE, Canvas, tint  # noqa: E402
 
 INK, MUTED, FAINT = PALETTE["ink"], PALETTE["muted"], PALETTE["faint"]
 Q, K, V = PALETTE["query"], PALETTE["key"], PALETTE["value"]
@@ -153,7 +153,7 @@ def soft_lookup() -> Canvas:
     c.text(20, 350, "attend(q) = Σ_{j} α_{j} v_{j},   α_{j} = exp s_{j} / Σ_{l} exp s_{l}"
            "      (3.2)", 14, anchor="start")
     c.text(20, 376, "Hard look-up (3.1): all the weight on the key equal to q.  Soft: every key "
-           "gets some, smoothly in q and k_{j}.", 13, MUTED, anchor="start")
+           "gets some, smoothly.", 13, MUTED, anchor="start")
     return c
 
 
@@ -444,7 +444,303 @@ def block_pre_post_ln() -> Canvas:
     return c
 
 
-FIGURES = (soft_lookup, causal_mask, heads_split_merge, sinusoids_rope, block_pre_post_ln)
+# ----------------------------------------------------------------------------- notebook 07
+
+
+def gpt_stack() -> Canvas:
+    """Token ids through embeddings, n_layer blocks, ln_f and the tied head to logits."""
+    c = new_canvas("gpt_stack", 760, 690)
+    title(c, "The whole GPT: ids in, one score per vocabulary entry out   (eqs. 7.1-7.3)")
+    cx, shape_x, eq_x = 250, 236, 450
+    text = "def f("
+    ids = list(text.encode())
+    cell = 40
+    left = cx - len(ids) * cell / 2
+    for i, (ch, token) in enumerate(zip(text, ids, strict=True)):
+        c.text(left + (i + 0.5) * cell, 62, repr(ch), 11, MUTED)
+        c.rect(left + i * cell, 70, cell, 28, tint(INK, 0.06), INK, 1.0)
+        c.text(left + (i + 0.5) * cell, 89, str(token), 12)
+    c.text(left - 10, 89, "`idx`", 13, anchor="end")
+
+    def arrow(y1, y2, shape, color=INK, width=1.5):
+        c.line(cx, y1, cx, y2, color, width, arrow=True)
+        c.text(shape_x - (6 if width > 2 else 0), (y1 + y2) / 2 + 5, shape, 13, MUTED,
+               anchor="end")
+
+    arrow(100, 126, "(B, T)")
+    c.box(cx - 90, 128, 180, 44, "`token_emb`", sub="rows of E, (V, C)", size=13)
+    arrow(172, 200, "(B, T, C)")
+    c.plus(cx, 210)
+    c.box(cx - 230, 190, 140, 40, "`pos_enc`", sub="P[0..T), (T, C)", size=13)
+    c.line(cx - 90, 210, cx - 11, 210, INK, 1.5, arrow=True)
+
+    c.line(cx, 220, cx, 262, RESIDUAL, 5, arrow=True)
+    c.text(shape_x - 6, 246, "h^{0}  (B, T, C)", 13, MUTED, anchor="end")
+    for k in (2, 1, 0):  # three cards, the front one last: n_layer blocks stacked
+        c.rect(cx - 100 + 8 * k, 266 - 8 * k, 200, 96, PALETTE["paper"], INK, 1.4, rx=6)
+    c.text(cx, 294, "Block", 14, bold=True)
+    c.text(cx, 318, "`ln_1` → `attn` → ⊕", 12)
+    c.text(cx, 340, "`ln_2` → `mlp` → ⊕", 12)
+    c.text(cx - 112, 304, "L ×", 15, bold=True, anchor="end")
+    c.text(cx - 112, 324, "`n_layer`", 12, MUTED, anchor="end")
+    c.line(cx, 362, cx, 404, RESIDUAL, 5, arrow=True)
+    c.text(shape_x - 6, 388, "h^{L}  (B, T, C)", 13, MUTED, anchor="end")
+    norm_box(c, cx - 60, 406, 120, 44, "LN_{f}", "`ln_f`")
+    arrow(450, 478, "(B, T, C)")
+    c.box(cx - 90, 480, 180, 44, "`lm_head`", sub="× E^{T}, C → V", size=13)
+    arrow(524, 552, "(B, T, V)")
+    c.text(left - 10, 575, "logits", 13, anchor="end")
+    for i in range(len(ids)):
+        c.rect(left + i * cell, 556, cell, 28, tint(INK, 0.06), INK, 1.0)
+        c.text(left + (i + 0.5) * cell, 575, "V", 11, MUTED)
+    c.text(cx, 604, "row t scores every token as the next one, t + 1", 12, MUTED)
+
+    c.path(f"M{cx + 90},502 C410,502 410,150 {cx + 90},150", stroke=INK, width=1.8,
+           dash="6 4")
+    for y in (150, 502):
+        c.circle(cx + 90, y, 4, INK)
+    c.text(398, 330, "tied", 13, anchor="start", bold=True)
+
+    notes = [
+        (150, "h^{0} = E[idx] + P[0..T)   (7.1)", INK),
+        (170, "a look-up, plus the positions", MUTED),
+        (296, "h^{l} = Block_{l}(h^{l−1}),  l = 1..L", INK),
+        (316, "(7.2), each with its own weights", MUTED),
+        (494, "logits = LN_{f}(h^{L}) E^{T}   (7.3)", INK),
+        (514, "`lm_head.weight` is `token_emb.weight`", MUTED),
+    ]
+    for y, label, color in notes:
+        c.text(eq_x + 20, y, label, 13, color, anchor="start")
+    size = gpt2_small()
+    c.text(20, 644, f"GPT-2 small (GPTConfig defaults): V = `vocab_size` = {size.vocab_size}, "
+           f"C = `n_embd` = {size.n_embd},", 12, MUTED, anchor="start")
+    c.text(20, 664, f"L = `n_layer` = {size.n_layer}, T ≤ `block_size` = {size.block_size}.  "
+           "Drawn: the bytes of \"def f(\" as ids (V = 256).", 12, MUTED, anchor="start")
+    return c
+
+
+# ----------------------------------------------------------------------------- notebook 08
+
+
+def lr_inset(c: Canvas, x, y, w, h) -> None:
+    """η(s) of the default preset, drawn by minigpt's own learning_rate_at (eq. 8.3)."""
+    from minigpt.train import TrainConfig, learning_rate_at
+
+    config = TrainConfig()
+    steps = config.lr_decay_iters or config.max_iters
+    c.line(x, y + h, x + w + 8, y + h, INK, 1.2, arrow=True)
+    c.line(x, y + h, x, y - 8, INK, 1.2, arrow=True)
+    points = [(x + w * s / steps, y + h - h * learning_rate_at(s, config) / config.learning_rate)
+              for s in range(0, steps + 1, 5)]
+    c.polyline(points, INK, 2.2)
+    warm = x + w * config.warmup_iters / steps
+    c.line(warm, y + h, warm, y, FAINT, 1.0, dash="3 3")
+    floor = y + h - h * config.min_lr / config.learning_rate
+    c.line(x, floor, x + w, floor, FAINT, 1.0, dash="3 3")
+    c.text(x - 6, y + 5, "η_{max}", 12, MUTED, anchor="end")
+    c.text(x - 6, floor + 5, "η_{min}", 12, MUTED, anchor="end")
+    c.text(warm, y + h + 16, "W", 12, MUTED)
+    c.text(x + w, y + h + 16, "S", 12, MUTED)
+    c.text(x + w + 12, y + h + 5, "s", 12, MUTED, anchor="start")
+    c.text(x + w * 0.55, y + 8, "warm-up, then cosine   (8.3)", 12)
+
+
+def training_loop() -> Canvas:
+    """One optimiser step of the Trainer, and what happens every N steps."""
+    c = new_canvas("training_loop", 760, 520)
+    title(c, "The training loop: one optimiser step, repeated   (eqs. 8.1-8.4, 8.7)")
+    row1, row2, bh = 76, 214, 58
+    xs = (40, 262, 484)
+    c.rect(26, row1 - 14, 652, bh + 48, "none", MUTED, 1.2, rx=10, dash="5 4")
+    c.text(352, row1 + bh + 26, "× `grad_accum_steps` micro-batches: their gradients add up "
+           "(8.7)", 12, MUTED)
+    c.box(xs[0], row1, 180, bh, "batch x, y", sub="(B, T); y = x shifted by 1", size=14,
+          sub_size=12)
+    c.box(xs[1], row1, 180, bh, "forward", sub="loss ℒ(θ)   (8.1)", size=14)
+    c.box(xs[2], row1, 180, bh, "backward", sub="`.grad` += ∇_{θ}ℒ / k", size=14)
+    for a, b in ((xs[0], xs[1]), (xs[1], xs[2])):
+        c.line(a + 182, row1 + bh / 2, b - 2, row1 + bh / 2, INK, 1.5, arrow=True)
+
+    step_x, adam_x, clip_x = 40, 236, 512
+    c.box(clip_x, row2, 200, bh, "clip   (8.4)", sub="g ← g · min(1, c / ‖g‖)", size=14)
+    c.box(adam_x, row2, 240, bh, "AdamW step   (8.2)", sub="θ ← θ − η(s)(m̂ / (√v̂ + ε) + λθ)",
+          size=14)
+    c.box(step_x, row2, 160, bh, "s ← s + 1", sub="`step`", size=14)
+    c.line(574, row1 + bh + 36, 574, row2 - 2, INK, 1.5, arrow=True)
+    c.text(584, row2 - 16, "c = `grad_clip`", 12, MUTED, anchor="start")
+    c.line(clip_x - 2, row2 + bh / 2, adam_x + 242, row2 + bh / 2, INK, 1.5, arrow=True)
+    c.line(adam_x - 2, row2 + bh / 2, step_x + 162, row2 + bh / 2, INK, 1.5, arrow=True)
+    c.line(step_x + 80, row2 - 2, step_x + 80, row1 + bh + 38, INK, 1.5, arrow=True)
+    c.text(step_x + 90, row2 - 16, "next step", 12, MUTED, anchor="start")
+
+    ey = 330
+    c.line(xs[0] + 80, row2 + bh, xs[0] + 80, ey - 2, INK, 1.3, dash="5 4", arrow=True)
+    c.text(xs[0] + 90, row2 + bh + 30, "every `eval_interval` steps", 12, MUTED, anchor="start")
+    c.box(xs[0] - 14, ey, 260, 62, "`evaluate()`: train, val loss", sub="`save()`: ckpt.pt, "
+          "every `checkpoint_interval`", size=13, sub_size=11)
+    c.text(xs[0] - 14, ey + 86, "a checkpoint holds the model, AdamW's m and v,", 12, MUTED,
+           anchor="start")
+    c.text(xs[0] - 14, ey + 104, "the step, the data position and the RNG states:", 12, MUTED,
+           anchor="start")
+    c.text(xs[0] - 14, ey + 122, "a resumed run continues exactly", 12, MUTED, anchor="start")
+
+    lr_inset(c, 420, 356, 280, 100)
+    c.line(adam_x + 150, 348, adam_x + 150, row2 + bh + 2, INK, 1.5, arrow=True)
+    c.text(adam_x + 142, 336, "η(s)", 13, anchor="end")
+    config_note = "`learning_rate_at(step, config)`: W = `warmup_iters`, S = `lr_decay_iters`"
+    c.text(20, 506, config_note, 12, MUTED, anchor="start")
+    return c
+
+
+# ----------------------------------------------------------------------------- notebook 09
+
+
+def column(c: Canvas, x, y, color, new: bool, w=18, h=56, slots=4):
+    """One token's key or value: a column vector; the one computed this step is outlined."""
+    c.rect(x, y, w, h, tint(color, 0.6 if new else 0.18), color, 2.4 if new else 1.0)
+    for k in range(1, slots):
+        c.line(x, y + k * h / slots, x + w, y + k * h / slots, tint(color, 0.5), 0.6)
+
+
+def kv_cache() -> Canvas:
+    """Decoding step by step: the cache gains one key and one value column per token."""
+    c = new_canvas("kv_cache", 760, 560)
+    title(c, "The KV cache: per step, q, k, v of the new token only   (eq. 9.8)")
+    capacity, col = 6, 22
+    rng = random.Random(9)
+    xs = {"tokens": 20, "q": 196, "K": 252, "A": 410, "V": 556, "y": 716}
+    heads = [("tokens", 20 + 3 * col, "tokens so far"), ("q", xs["q"] + 9, "q_{t}"),
+             ("K", xs["K"] + capacity * col / 2, "K cache"), ("A", xs["A"] + 54, "weights"),
+             ("V", xs["V"] + capacity * col / 2, "V cache"), ("y", xs["y"] + 9, "y_{t}")]
+    for _, x, label in heads:
+        c.text(x, 62, label, 13, bold=True)
+    for row, t in enumerate((3, 4, 5)):
+        top = 84 + 118 * row
+        mid = top + 28
+        c.text(20, top - 4, f"step t = {t}", 12, MUTED, anchor="start")
+        for j in range(t):
+            new = j == t - 1
+            c.rect(20 + j * col, mid - 11, col - 2, 22, tint(INK, 0.3 if new else 0.06), INK,
+                   2.0 if new else 0.8)
+            c.text(20 + j * col + 10, mid + 4, str(j + 1), 11)
+        c.line(20 + t * col + 4, mid, xs["q"] - 4, mid, INK, 1.3, arrow=True)
+        column(c, xs["q"], top, Q, True)
+        c.line(xs["q"] + 22, mid, xs["K"] - 4, mid, Q, 1.3, arrow=True)
+        for j in range(capacity):
+            if j < t:
+                column(c, xs["K"] + j * col, top, K, j == t - 1)
+                column(c, xs["V"] + j * col, top, V, j == t - 1)
+            else:  # storage allocated up front, not yet filled
+                c.rect(xs["K"] + j * col, top, 18, 56, "none", FAINT, 1.0, dash="3 3")
+                c.rect(xs["V"] + j * col, top, 18, 56, "none", FAINT, 1.0, dash="3 3")
+        c.line(xs["K"] + capacity * col + 4, mid, xs["A"] - 4, mid, INK, 1.3, arrow=True)
+        weights = softmax([rng.uniform(-1.5, 1.5) for _ in range(t)])
+        for j, w in enumerate(weights):
+            c.rect(xs["A"] + j * col, mid - 11, col - 2, 22, tint(INK, 0.1 + 0.8 * w), INK, 0.8)
+        c.line(xs["A"] + t * col + 4, mid, xs["V"] - 4, mid, INK, 1.3, arrow=True)
+        c.line(xs["V"] + capacity * col + 4, mid, xs["y"] - 4, mid, V, 1.3, arrow=True)
+        c.rect(xs["y"], top, 18, 56, tint(INK, 0.12), INK, 1.4)
+        if row == 0:
+            c.text(xs["K"] + 2.5 * col + 9, top + 78, "new column: k_{t}", 12, K)
+            c.text(xs["V"] + 2.5 * col + 9, top + 78, "new column: v_{t}", 12, V)
+            c.text(xs["A"] + 54, top + 78, "softmax over j ≤ t", 12, MUTED)
+
+    notes = [
+        ("y_{t} = softmax(q_{t} K_{≤t}^{T} / √d_{k}) V_{≤t},  K_{≤t} = [K_{<t}; k_{t}]   (9.8)",
+         INK),
+        ("Only token t goes through `qkv_proj`; `KVCache.append(k, v)` stores its key and value.",
+         MUTED),
+        ("The columns of tokens < t are reused as they are: the causal mask means x_{t} cannot "
+         "change them.", MUTED),
+        ("Per layer `k`, `v`: (B, n_head, t, head_dim); dashed: storage for `block_size` "
+         "positions.", MUTED),
+        ("Memory: 2 · L · T · C numbers per sequence   (9.10).  No mask is needed for a single "
+         "new query.", MUTED),
+    ]
+    for k, (label, color) in enumerate(notes):
+        c.text(20, 438 + 26 * k - (0 if k == 0 else 4), label, 13 if k == 0 else 12, color,
+               anchor="start")
+    return c
+
+
+# ----------------------------------------------------------------------------- notebook 10
+
+
+def matrix(c: Canvas, x, y, w, h, color, amount, name, shape, name_size=16):
+    """A weight matrix drawn to its shape, its name inside and its shape below."""
+    c.rect(x, y, w, h, tint(color, amount), color, 1.8)
+    if w > 40 and h > 40:
+        c.text(x + w / 2, y + h / 2 + 6, name, name_size, bold=True)
+    c.text(x + w / 2, y + h + 18, shape, 12, MUTED)
+
+
+def lora() -> Canvas:
+    """The frozen W beside the trainable low-rank pair B·A."""
+    from minigpt.lora import DEFAULT_TARGETS
+
+    rank, alpha = lora_defaults()
+    c = new_canvas("lora", 760, 540)
+    title(c, "LoRA: a frozen W plus a trainable low-rank update   (eqs. 10.3-10.5)")
+    d, r = 150, 16  # d_in = d_out, drawn to scale against the rank
+    top, low = 70, 336
+
+    x_mid = 240
+    c.rect(30, x_mid - d / 2, 18, d, tint(INK, 0.1), INK, 1.4)
+    c.text(39, x_mid - d / 2 - 10, "x", 15)
+    c.text(39, x_mid + d / 2 + 18, "d_{in}", 12, MUTED)
+    c.polyline([(50, x_mid), (90, x_mid), (90, top + d / 2), (218, top + d / 2)], INK, 1.5,
+               arrow=True)
+    c.polyline([(90, x_mid), (90, low + r / 2), (218, low + r / 2)], INK, 1.5, arrow=True)
+
+    matrix(c, 220, top, d, d, FROZEN, 0.3, "W", "d_{out} × d_{in}, frozen")
+    c.text(220 + d / 2, top + d / 2 + 26, "pretrained", 12, MUTED)
+    c.line(220 + d + 4, top + d / 2, 418, top + d / 2, INK, 1.5, arrow=True)
+    c.rect(420, top, 18, d, tint(INK, 0.1), INK, 1.4)
+    c.text(429, top - 8, "Wx", 13)
+
+    matrix(c, 220, low, d, r, TRAINABLE, 0.55, "A", "")
+    c.text(220 + d / 2, low - 8, "A = `lora_A`:  r × d_{in},  random", 12, anchor="middle")
+    c.line(220 + d + 4, low + r / 2, 398, low + r / 2, INK, 1.5, arrow=True)
+    c.rect(400, low, 18, r, tint(INK, 0.1), INK, 1.4)
+    c.text(409, low + r + 18, "Ax", 13)
+    c.text(409, low + r + 34, "r numbers", 12, MUTED)
+    c.line(420, low + r / 2, 450, low + r / 2, INK, 1.5, arrow=True)
+    b_top = low + r / 2 - d / 2
+    c.rect(452, b_top, r, d, tint(TRAINABLE, 0.55), TRAINABLE, 1.8)
+    c.text(460, b_top - 24, "B = `lora_B`", 12)
+    c.text(460, b_top - 8, "d_{out} × r,  starts at 0", 12, MUTED)
+    c.line(472, low + r / 2, 498, low + r / 2, INK, 1.5, arrow=True)
+    c.rect(500, b_top, 18, d, tint(INK, 0.1), INK, 1.4)
+    c.text(509, b_top + d + 18, "BAx", 13)
+
+    c.line(520, low + r / 2, 548, low + r / 2, INK, 1.5, arrow=True)
+    c.box(550, low + r / 2 - 16, 44, 32, "× α/r", size=12)
+    plus_x, plus_y = 630, 240
+    c.polyline([(594, low + r / 2), (plus_x, low + r / 2), (plus_x, plus_y + 11)], INK, 1.5,
+               arrow=True)
+    c.polyline([(440, top + d / 2), (plus_x, top + d / 2), (plus_x, plus_y - 11)], INK, 1.5,
+               arrow=True)
+    c.plus(plus_x, plus_y)
+    c.line(plus_x + 11, plus_y, 680, plus_y, INK, 1.5, arrow=True)
+    c.rect(682, plus_y - d / 2, 18, d, tint(INK, 0.1), INK, 1.4)
+    c.text(691, plus_y - d / 2 - 8, "h", 15)
+    c.text(691, plus_y + d / 2 + 18, "d_{out}", 12, MUTED)
+
+    c.rect(20, 450, 14, 14, tint(FROZEN, 0.3), FROZEN, 1.5)
+    c.text(40, 462, "frozen", 12, anchor="start")
+    c.rect(100, 450, 14, 14, tint(TRAINABLE, 0.55), TRAINABLE, 1.5)
+    c.text(120, 462, "trainable", 12, anchor="start")
+    c.text(200, 462, "h = W x + (α/r) · B A x   (10.3)", 14, anchor="start")
+    c.text(20, 488, "Trains r (d_{in} + d_{out}) numbers instead of d_{in} d_{out}   (10.4);  "
+           "merged after training: W' = W + (α/r) B A   (10.5)", 12, MUTED, anchor="start")
+    targets = ", ".join(f"`{t}`" for t in DEFAULT_TARGETS)
+    c.text(20, 512, f"`LoRALinear` defaults: r = `rank` = {rank}, α = `alpha` = {alpha:g}; "
+           f"targets {targets}.  B = 0 at the start: h = Wx.", 12, MUTED, anchor="start")
+    return c
+
+
+FIGURES = (soft_lookup, causal_mask, heads_split_merge, sinusoids_rope, block_pre_post_ln,
+           gpt_stack, training_loop, kv_cache, lora)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
