@@ -24,6 +24,8 @@ from checks.core import (
     close,
     combine_mistakes,
     find_mistake,
+    fresh_case,
+    fresh_seed,
     passed,
     require,
     same_shape,
@@ -62,6 +64,11 @@ def _hf_params(V, P, C, L, n_head) -> int:
         hf = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=P, n_embd=C, n_layer=L,
                                         n_head=n_head, bos_token_id=None, eos_token_id=None))
     return hf.num_parameters()
+
+
+def _fresh_int(generator, low: int, high: int) -> int:
+    """An integer in [low, high), drawn with `generator`."""
+    return int(torch.randint(low, high, (), generator=generator))
 
 
 def _as_count(value, what: str) -> int:
@@ -122,6 +129,15 @@ def check_param_count(gpt_params) -> None:
         if difference % C == 0:
             hint += f" = {difference // C:+,}·C"
         raise CheckFailed(message + hint + "); go through the table of section 4 term by term")
+    with fresh_case(fresh_seed()) as generator:  # a model no one knew in advance
+        n_head, L = _fresh_int(generator, 1, 9), _fresh_int(generator, 1, 13)
+        C, V, P = (n_head * _fresh_int(generator, 2, 65), _fresh_int(generator, 2, 60000),
+                   _fresh_int(generator, 1, 2049))
+        where = f"gpt_params(V={V}, P={P}, C={C}, L={L})"
+        answer = _as_count(call(gpt_params, V, P, C, L), where)
+        expected = _meta_gpt(V, P, C, L, n_head).num_params()
+        require(answer == expected, f"{where} = {show(answer)}, but the model has "
+                                    f"{show(expected)} parameters")
     passed("parameter count, eq. (7.5)")
 
 
@@ -192,9 +208,6 @@ class _NoShortcut:
 
 def check_forward(forward_from_parts) -> None:
     """forward_from_parts(model, idx) -> logits (B, T, V), built from the model's submodules."""
-    _import_transformers()
-    from minigpt.hf import to_hf
-
     cases = [
         (dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32), (2, 5)),
         (dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32), (1, 16)),
@@ -202,32 +215,47 @@ def check_forward(forward_from_parts) -> None:
         (dict(vocab_size=50, block_size=12, n_layer=3, n_head=3, n_embd=24), (2, 1)),
     ]
     for seed, (sizes, shape) in enumerate(cases):
-        model = _perturbed_gpt(seed, **sizes)
-        idx = torch.randint(0, sizes["vocab_size"], shape,
-                            generator=torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            expected = model(idx)[0]
-            reference = to_hf(model).eval()(idx).logits  # Hugging Face GPT-2, same weights
-        if not torch.allclose(expected, reference, atol=1e-4):
-            raise RuntimeError("minigpt and transformers disagree on the logits")
-        right, wrong = _forward_variants(model, idx)
-        with _NoShortcut(model), torch.no_grad():
-            logits = call(forward_from_parts, model, idx)
-        what = f"forward_from_parts(model, idx of shape {shape})"
-        B, T = shape
-        V, C = sizes["vocab_size"], sizes["n_embd"]
-        if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (B, T, C):
-            raise CheckFailed(f"{what} has shape {(B, T, C)}: that is the residual stream; "
-                              "eq. (7.3) multiplies LN_f(hᴸ) by Eᵀ to get one score per token")
-        if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (B, V):
-            raise CheckFailed(f"{what} has shape {(B, V)}: return the logits of every "
-                              "position, (B, T, V), not only the last one")
-        same_shape(logits, expected, what)
-        for why, value in wrong.items():
-            if torch.allclose(logits.detach().float(), value, atol=1e-5, rtol=1e-4):
-                raise CheckFailed(f"{what} is not model(idx): you {why}")
-        close(logits, expected, what, atol=1e-4)
+        _check_forward_case(forward_from_parts, seed, sizes, shape)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a model and tokens no one knew in advance
+        n_head = _fresh_int(generator, 1, 4)
+        sizes = dict(vocab_size=_fresh_int(generator, 10, 120), block_size=16,
+                     n_layer=_fresh_int(generator, 1, 4), n_head=n_head,
+                     n_embd=n_head * 2 * _fresh_int(generator, 2, 7))
+        shape = (_fresh_int(generator, 1, 4), _fresh_int(generator, 1, 17))
+        _check_forward_case(forward_from_parts, seed, sizes, shape)
     passed("forward pass from the submodules, eqs. (7.1)-(7.3)")
+
+
+def _check_forward_case(forward_from_parts, seed, sizes, shape) -> None:
+    _import_transformers()
+    from minigpt.hf import to_hf
+
+    model = _perturbed_gpt(seed, **sizes)
+    idx = torch.randint(0, sizes["vocab_size"], shape,
+                        generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = model(idx)[0]
+        reference = to_hf(model).eval()(idx).logits  # Hugging Face GPT-2, same weights
+    if not torch.allclose(expected, reference, atol=1e-4):
+        raise RuntimeError("minigpt and transformers disagree on the logits")
+    right, wrong = _forward_variants(model, idx)
+    with _NoShortcut(model), torch.no_grad():
+        logits = call(forward_from_parts, model, idx)
+    what = f"forward_from_parts(model, idx of shape {shape})"
+    B, T = shape
+    V, C = sizes["vocab_size"], sizes["n_embd"]
+    if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (B, T, C):
+        raise CheckFailed(f"{what} has shape {(B, T, C)}: that is the residual stream; "
+                          "eq. (7.3) multiplies LN_f(hᴸ) by Eᵀ to get one score per token")
+    if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (B, V):
+        raise CheckFailed(f"{what} has shape {(B, V)}: return the logits of every "
+                          "position, (B, T, V), not only the last one")
+    same_shape(logits, expected, what)
+    for why, value in wrong.items():
+        if torch.allclose(logits.detach().float(), value, atol=1e-5, rtol=1e-4):
+            raise CheckFailed(f"{what} is not model(idx): you {why}")
+    close(logits, expected, what, atol=1e-4)
 
 
 # ---------------------------------------------------------------- eq. (7.6): FLOPs per token
@@ -314,6 +342,15 @@ def check_flops_per_token(flops_per_token) -> None:
             raise CheckFailed(f"{message} ({answer / expected:.4g} times the right answer); "
                               "build it from N_mm = 12·L·C² + V·C and the attention term, "
                               "eq. (7.6)")
+    with fresh_case(fresh_seed()) as generator:  # a model no one knew in advance
+        V, C, L, T = (_fresh_int(generator, 2, 60000), _fresh_int(generator, 2, 2000),
+                      _fresh_int(generator, 1, 49), _fresh_int(generator, 1, 4097))
+        for training in (True, False):
+            what = f"flops_per_token(V={V}, C={C}, L={L}, T={T}, training={training})"
+            answer = as_number(call(flops_per_token, V, C, L, T, training=training), what)
+            expected = _meta_gpt(V, T, C, L, 1).flops_per_token(T, training=training)
+            require(math.isclose(answer, expected, rel_tol=1e-9),
+                    f"{what} = {show(answer)}, expected {show(expected)}")
     passed("FLOPs per token, eq. (7.6)")
 
 
@@ -335,7 +372,11 @@ def _residual(name: str) -> bool:
 
 def _std_mistake(name: str, std: float, expected: float, n_layer: int) -> str:
     base = 0.02
+    fixed_L = INIT_SIZES["n_layer"]
     candidates = {
+        f"took L = {fixed_L}, the depth of the check's first model, not this model's own "
+        f"model.config.n_layer = {n_layer}": base / math.sqrt(2 * fixed_L)
+        if n_layer != fixed_L else None,
         "left it at 0.02: the two projections that write into the residual stream get "
         "0.02/√(2L)": base,
         "divided by √L; there are 2L residual branches (two per block), so 0.02/√(2L)":
@@ -349,15 +390,25 @@ def _std_mistake(name: str, std: float, expected: float, n_layer: int) -> str:
                       "that write into the residual stream) are scaled": base / math.sqrt(
                           2 * n_layer)}
     for why, value in candidates.items():
-        if abs(std / value - 1) < 0.05:
+        if value is not None and abs(std / value - 1) < 0.05:
             return f"; you {why}"
     return ""
 
 
 def check_init(init_gpt2_) -> None:
     """init_gpt2_(model) re-initialises a GPT in place by eq. (7.4)."""
+    _check_init_case(init_gpt2_, INIT_SIZES)
+    with fresh_case(fresh_seed()) as generator:  # a depth no one knew in advance: the scale of
+        n_layer = INIT_SIZES["n_layer"]  # the residual projections must come from the model
+        while n_layer == INIT_SIZES["n_layer"]:
+            n_layer = _fresh_int(generator, 1, 9)
+        _check_init_case(init_gpt2_, {**INIT_SIZES, "n_layer": n_layer})
+    passed("GPT-2 initialisation, eq. (7.4)")
+
+
+def _check_init_case(init_gpt2_, sizes: dict) -> None:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**INIT_SIZES))
+    model = GPT(GPTConfig(**sizes))
     reference = dict(model.named_parameters())  # minigpt's own initialisation, for the message
     reference = {name: p.detach().clone() for name, p in reference.items()}
     torch.manual_seed(1)
@@ -368,7 +419,7 @@ def check_init(init_gpt2_) -> None:
             "lm_head.weight is no longer token_emb.weight: initialise the tensors in place "
             "(nn.init.normal_ on p, or p.normal_()) instead of assigning new Parameters, so the "
             "tying of eq. (7.3) survives")
-    L = INIT_SIZES["n_layer"]
+    L = sizes["n_layer"]
     for name, p in model.named_parameters():
         p = p.detach()
         if not torch.isfinite(p).all():
@@ -381,7 +432,6 @@ def check_init(init_gpt2_) -> None:
                                        "at 1, so that it begins as a plain normalisation")
         else:
             _check_std(name, p, reference[name], L)
-    passed("GPT-2 initialisation, eq. (7.4)")
 
 
 def _check_std(name: str, p: torch.Tensor, package: torch.Tensor, n_layer: int) -> None:
@@ -392,8 +442,9 @@ def _check_std(name: str, p: torch.Tensor, package: torch.Tensor, n_layer: int) 
                           "centred on 0 (does your loop reach this tensor?)")
     if abs(std / expected - 1) > 0.05:
         raise CheckFailed(
-            f"{name} has standard deviation {std:.4f}, expected {expected:.4f} (minigpt's "
-            f"GPT gives {package.std().item():.4f})" + _std_mistake(name, std, expected, n_layer))
+            f"{name} has standard deviation {std:.4f}, expected {expected:.4f} in a model with "
+            f"L = {n_layer} (minigpt's GPT gives {package.std().item():.4f})"
+            + _std_mistake(name, std, expected, n_layer))
     kurtosis = ((p - mean) ** 4).mean().item() / std**4
     require(abs(kurtosis - 3) < 0.5, f"{name} has the right spread but is not Gaussian "
                                      f"(kurtosis {kurtosis:.2f}, a normal's is 3): use "

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from check_helpers import fails, unwritten
+from check_helpers import fails, rejects_remembered_answers, unwritten
 
 from checks import gpt_model as check
 from minigpt.layers import LayerNorm
@@ -222,3 +222,22 @@ def test_init_untouched_tensor_is_reported():
 
     fails(check.check_init, skip_positions, "pos_enc.embedding.weight", "mean")
     fails(check.check_init, unwritten, "not written yet")
+
+
+# --------------------------------------------------------------------------- fresh cases
+
+def test_init_rejects_a_depth_hard_coded_from_the_first_model():
+    def four_blocks(model):  # right for the check's first model, which has L = 4
+        init(model, scale=1 / math.sqrt(2 * 4))
+
+    fails(check.check_init, four_blocks, "drawn at random", "took L = 4",
+          "model.config.n_layer")
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_param_count, params),
+    (check.check_forward, forward),
+    (check.check_flops_per_token, flops),
+], ids=["param_count", "forward", "flops_per_token"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
