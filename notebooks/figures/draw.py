@@ -503,7 +503,7 @@ def gpt_stack() -> Canvas:
 
     notes = [
         (150, "h^{0} = E[idx] + P[0..T)   (7.1)", INK),
-        (170, "a look-up, plus the positions", MUTED),
+        (170, "no P when `pos_encoding=\"rope\"`", MUTED),
         (296, "h^{l} = Block_{l}(h^{l−1}),  l = 1..L", INK),
         (316, "(7.2), each with its own weights", MUTED),
         (494, "logits = LN_{f}(h^{L}) E^{T}   (7.3)", INK),
@@ -587,7 +587,8 @@ def training_loop() -> Canvas:
     lr_inset(c, 420, 356, 280, 100)
     c.line(adam_x + 150, 348, adam_x + 150, row2 + bh + 2, INK, 1.5, arrow=True)
     c.text(adam_x + 142, 336, "η(s)", 13, anchor="end")
-    config_note = "`learning_rate_at(step, config)`: W = `warmup_iters`, S = `lr_decay_iters`"
+    config_note = ("`learning_rate_at(step, config)`: W = `warmup_iters`, S = `lr_decay_iters`; "
+                   "drawn for TrainConfig's defaults")
     c.text(20, 506, config_note, 12, MUTED, anchor="start")
     return c
 
@@ -641,6 +642,7 @@ def kv_cache() -> Canvas:
         c.line(xs["V"] + capacity * col + 4, mid, xs["y"] - 4, mid, V, 1.3, arrow=True)
         c.rect(xs["y"], top, 18, 56, tint(INK, 0.12), INK, 1.4)
         if row == 0:
+            c.text((20 + t * col + xs["q"]) / 2, mid - 8, "`qkv_proj`", 11, MUTED)
             c.text(xs["K"] + 2.5 * col + 9, top + 78, "new column: k_{t}", 12, K)
             c.text(xs["V"] + 2.5 * col + 9, top + 78, "new column: v_{t}", 12, V)
             c.text(xs["A"] + 54, top + 78, "softmax over j ≤ t", 12, MUTED)
