@@ -24,6 +24,8 @@ from checks.core import (
     close,
     combine_mistakes,
     find_mistake,
+    fresh_case,
+    fresh_seed,
     matches,
     passed,
     require,
@@ -136,6 +138,20 @@ def check_schedule(lr_at) -> None:
             raise CheckFailed(f"{message}: you {mistake}")
         raise CheckFailed(f"{message}; compare your three cases of eq. (8.3) with the "
                           "schedule at that step")
+    with fresh_case(fresh_seed()) as generator:  # a schedule no one knew in advance
+        max_lr = round(float(10 ** (-4 * torch.rand((), generator=generator))), 6)
+        min_lr = round(max_lr * float(torch.rand((), generator=generator)) * 0.5, 8)
+        total = int(torch.randint(2, 80, (), generator=generator))
+        warmup = int(torch.randint(0, total + 1, (), generator=generator))
+        config = TrainConfig(learning_rate=max_lr, min_lr=min_lr, warmup_iters=warmup,
+                             max_iters=total)
+        for s in range(total + 10):
+            rate = as_number(call(lr_at, s, max_lr, min_lr, warmup, total),
+                             f"lr_at({s}, {max_lr}, {min_lr}, {warmup}, {total})")
+            expected = learning_rate_at(s, config)
+            require(math.isclose(rate, expected, rel_tol=1e-9, abs_tol=1e-15),
+                    f"with max_lr={max_lr}, min_lr={min_lr}, W={warmup}, S={total}, "
+                    f"lr_at({s}) = {show(rate)}, expected {show(expected)}")
     passed("warm-up + cosine schedule, eq. (8.3)")
 
 
@@ -273,6 +289,26 @@ def check_adamw_step(adamw_step) -> None:
                 raise CheckFailed(f"{what} differs from torch.optim.AdamW: you {mistake}")
             close(theta, expected[t - 1], what + " (compared with torch.optim.AdamW)",
                   rtol=1e-8, atol=1e-10)
+    with fresh_case(fresh_seed()) as generator:  # settings and gradients no one knew before
+        def uniform(low, high):
+            return round(low + (high - low) * float(torch.rand((), generator=generator)), 4)
+
+        settings = dict(lr=uniform(0.001, 0.2), betas=(uniform(0.5, 0.95), uniform(0.9, 0.999)),
+                        eps=10.0 ** -int(torch.randint(2, 9, (), generator=generator)),
+                        weight_decay=uniform(0.0, 0.5))
+        theta = torch.randn(6, dtype=torch.float64, generator=generator)
+        grads = [torch.randn(6, dtype=torch.float64, generator=generator) for _ in range(4)]
+        thetas, ms, vs = _learner_adamw(adamw_step, theta, grads, settings)
+        expected, expected_m, expected_v = _adamw_variant(theta, grads, **settings)
+        assert matches(_torch_adamw(theta, grads, settings), expected, rtol=1e-10, atol=1e-12)
+        for t in range(1, len(grads) + 1):
+            what = f"theta after step t={t} (with {_settings_text(settings)})"
+            close(thetas[t - 1], expected[t - 1], what + " (compared with torch.optim.AdamW)",
+                  rtol=1e-8, atol=1e-10)
+            close(ms[t - 1], expected_m[t - 1], f"the returned m after step t={t}", rtol=1e-8,
+                  atol=1e-12)
+            close(vs[t - 1], expected_v[t - 1], f"the returned v after step t={t}", rtol=1e-8,
+                  atol=1e-12)
     passed("one AdamW step, eq. (8.2)")
 
 
@@ -328,39 +364,48 @@ def _effective_decay(groups, model, weight_decay) -> dict[str, float]:
 
 def check_decay_groups(decay_groups) -> None:
     """decay_groups(model, weight_decay) -> AdamW parameter groups: decay matrices only."""
-    weight_decay = 0.1
     for label, model in _group_models().items():
-        groups = call(decay_groups, model, weight_decay)
-        decay = _effective_decay(groups, model, weight_decay)
-        package = configure_optimizer(model, TrainConfig(weight_decay=weight_decay),
-                                      torch.device("cpu"))
-        by_id = {id(p): g["weight_decay"] for g in package.param_groups for p in g["params"]}
-        expected = {n: by_id[id(p)] for n, p in model.named_parameters()}
-        wrong = sorted(n for n in expected if decay[n] != expected[n])
-        if not wrong:
-            continue
-        biases = [n for n in wrong if n.endswith("bias") and decay[n] != 0]
-        gains = [n for n in wrong if (".ln_" in n or n.startswith("ln_f")) and
-                 n.endswith("weight") and decay[n] != 0]
-        undecayed = [n for n in wrong if expected[n] == weight_decay]
-        if biases:
-            raise CheckFailed(f"in {label} you decayed biases ({biases[0]}, ...): a bias only "
-                              "shifts an activation; pulling it to zero buys nothing — give "
-                              "biases weight_decay 0")
-        if gains:
-            raise CheckFailed(f"in {label} you decayed layer-norm gains ({gains[0]}, ...): "
-                              "pulling γ to zero fights the normalisation — give every tensor "
-                              "with fewer than 2 dimensions weight_decay 0")
-        if undecayed:
-            wrong_value = decay[undecayed[0]]
-            raise CheckFailed(
-                f"in {label}, {undecayed[0]} gets weight_decay {wrong_value}, expected "
-                f"{weight_decay}: every matrix (2 or more dimensions) is decayed, the "
-                "embeddings included" + (" — use the weight_decay argument, not a constant"
-                                         if wrong_value not in (0, 0.0) else ""))
-        raise CheckFailed(f"in {label}, {wrong[0]} gets weight_decay {decay[wrong[0]]}, "
-                          f"expected {expected[wrong[0]]}")
+        _check_groups_case(decay_groups, label, model, 0.1)
+    with fresh_case(fresh_seed()) as generator:  # a weight decay no one knew in advance
+        weight_decay = round(0.01 + 0.98 * float(torch.rand((), generator=generator)), 3)
+        kind = int(torch.randint(0, 3, (), generator=generator))
+        label, model = list(_group_models().items())[kind]
+        _check_groups_case(decay_groups, f"{label} with weight_decay={weight_decay}", model,
+                           weight_decay)
     passed("weight-decay groups (matrices only)")
+
+
+def _check_groups_case(decay_groups, label: str, model, weight_decay: float) -> None:
+    groups = call(decay_groups, model, weight_decay)
+    decay = _effective_decay(groups, model, weight_decay)
+    package = configure_optimizer(model, TrainConfig(weight_decay=weight_decay),
+                                  torch.device("cpu"))
+    by_id = {id(p): g["weight_decay"] for g in package.param_groups for p in g["params"]}
+    expected = {n: by_id[id(p)] for n, p in model.named_parameters()}
+    wrong = sorted(n for n in expected if decay[n] != expected[n])
+    if not wrong:
+        return
+    biases = [n for n in wrong if n.endswith("bias") and decay[n] != 0]
+    gains = [n for n in wrong if (".ln_" in n or n.startswith("ln_f")) and
+             n.endswith("weight") and decay[n] != 0]
+    undecayed = [n for n in wrong if expected[n] == weight_decay]
+    if biases:
+        raise CheckFailed(f"in {label} you decayed biases ({biases[0]}, ...): a bias only "
+                          "shifts an activation; pulling it to zero buys nothing — give "
+                          "biases weight_decay 0")
+    if gains:
+        raise CheckFailed(f"in {label} you decayed layer-norm gains ({gains[0]}, ...): "
+                          "pulling γ to zero fights the normalisation — give every tensor "
+                          "with fewer than 2 dimensions weight_decay 0")
+    if undecayed:
+        wrong_value = decay[undecayed[0]]
+        raise CheckFailed(
+            f"in {label}, {undecayed[0]} gets weight_decay {wrong_value}, expected "
+            f"{weight_decay}: every matrix (2 or more dimensions) is decayed, the "
+            "embeddings included" + (" — use the weight_decay argument, not a constant"
+                                     if wrong_value not in (0, 0.0) else ""))
+    raise CheckFailed(f"in {label}, {wrong[0]} gets weight_decay {decay[wrong[0]]}, "
+                      f"expected {expected[wrong[0]]}")
 
 
 # ------------------------------------------------------------------ eq. (8.4): clipping
@@ -406,42 +451,54 @@ CLIP_VARIANTS = {
 def check_clip(clip_by_global_norm) -> None:
     """clip_by_global_norm(grads, max_norm) -> (clipped grads, global norm before clipping)."""
     for number, (grads, max_norm) in enumerate(_clip_cases(), start=1):
-        result = call(clip_by_global_norm, [g.clone() for g in grads], max_norm)
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise CheckFailed("clip_by_global_norm should return (clipped_grads, total_norm)")
-        clipped, total = result
-        require(isinstance(clipped, (list, tuple)) and len(clipped) == len(grads),
-                f"the clipped gradients should be a list of {len(grads)} tensors, one per input")
-        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.clone()
-        torch_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # PyTorch's reference
-        norm = _global_norm(grads).item()
-        what = f"case {number} (‖g‖ = {norm:.4g}, max_norm c = {max_norm:.4g})"
-        total = as_number(total, f"the norm returned in {what}")
-        if math.isclose(total, min(norm, max_norm), rel_tol=1e-4) and max_norm < norm:
-            raise CheckFailed(f"{what}: you returned the norm after clipping, {total:.4g}; "
-                              "return the global norm *before* clipping, as clip_grad_norm_ "
-                              "does (it tells how hard the clip bit)")
-        if not math.isclose(total, torch_norm.item(), rel_tol=1e-4):
-            mistake = _norm_mistake(total, grads)
-            raise CheckFailed(f"{what}: the returned norm is {total:.6g}, expected "
-                              f"{torch_norm.item():.6g}" + mistake)
-        flat = torch.cat([as_tensor(c, "a clipped gradient").detach().reshape(-1).double()
-                          for c in clipped])
-        expected = torch.cat([p.grad.reshape(-1).double() for p in params])
-        if flat.shape != expected.shape:
-            raise CheckFailed(f"{what}: the clipped gradients hold {flat.numel()} numbers in "
-                              f"all, the inputs {expected.numel()}; keep every tensor's shape")
-        if torch.allclose(flat, expected, rtol=1e-5, atol=1e-9):
-            continue
-        for why, variant in CLIP_VARIANTS.items():
-            wrong = torch.cat([g.reshape(-1).double() for g in variant(grads, max_norm)])
-            if torch.allclose(flat, wrong, rtol=1e-5, atol=1e-9):
-                raise CheckFailed(f"{what}: you {why}")
-        close(flat, expected, f"the clipped gradients in {what} (against clip_grad_norm_)",
-              rtol=1e-5, atol=1e-9)
+        _check_clip_case(clip_by_global_norm, f"case {number}", grads, max_norm)
+    with fresh_case(fresh_seed()) as generator:  # gradients and a limit no one knew in advance
+        shapes = [tuple(torch.randint(1, 6, (int(torch.randint(1, 3, (), generator=generator)),),
+                                      generator=generator).tolist()) for _ in range(3)]
+        grads = [torch.randn(*shape, generator=generator) for shape in shapes]
+        factor = float(torch.rand((), generator=generator))  # c well below or above ‖g‖
+        factor = 0.2 + 0.6 * factor if factor < 0.5 else 1.2 + 0.6 * factor
+        max_norm = float(_global_norm(grads)) * factor
+        _check_clip_case(clip_by_global_norm, f"gradients of shapes {shapes}", grads, max_norm)
     passed("gradient clipping by the global norm, eq. (8.4)")
+
+
+def _check_clip_case(clip_by_global_norm, label: str, grads, max_norm: float) -> None:
+    result = call(clip_by_global_norm, [g.clone() for g in grads], max_norm)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise CheckFailed("clip_by_global_norm should return (clipped_grads, total_norm)")
+    clipped, total = result
+    require(isinstance(clipped, (list, tuple)) and len(clipped) == len(grads),
+            f"the clipped gradients should be a list of {len(grads)} tensors, one per input")
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    torch_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # PyTorch's reference
+    norm = _global_norm(grads).item()
+    what = f"{label} (‖g‖ = {norm:.4g}, max_norm c = {max_norm:.4g})"
+    total = as_number(total, f"the norm returned in {what}")
+    if math.isclose(total, min(norm, max_norm), rel_tol=1e-4) and max_norm < norm:
+        raise CheckFailed(f"{what}: you returned the norm after clipping, {total:.4g}; "
+                          "return the global norm *before* clipping, as clip_grad_norm_ "
+                          "does (it tells how hard the clip bit)")
+    if not math.isclose(total, torch_norm.item(), rel_tol=1e-4):
+        mistake = _norm_mistake(total, grads)
+        raise CheckFailed(f"{what}: the returned norm is {total:.6g}, expected "
+                          f"{torch_norm.item():.6g}" + mistake)
+    flat = torch.cat([as_tensor(c, "a clipped gradient").detach().reshape(-1).double()
+                      for c in clipped])
+    expected = torch.cat([p.grad.reshape(-1).double() for p in params])
+    if flat.shape != expected.shape:
+        raise CheckFailed(f"{what}: the clipped gradients hold {flat.numel()} numbers in "
+                          f"all, the inputs {expected.numel()}; keep every tensor's shape")
+    if torch.allclose(flat, expected, rtol=1e-5, atol=1e-9):
+        return
+    for why, variant in CLIP_VARIANTS.items():
+        wrong = torch.cat([g.reshape(-1).double() for g in variant(grads, max_norm)])
+        if torch.allclose(flat, wrong, rtol=1e-5, atol=1e-9):
+            raise CheckFailed(f"{what}: you {why}")
+    close(flat, expected, f"the clipped gradients in {what} (against clip_grad_norm_)",
+          rtol=1e-5, atol=1e-9)
 
 
 def _norm_mistake(total: float, grads) -> str:
@@ -509,27 +566,35 @@ def _accumulation_variants(model, x, y, k, stale):
 def check_accumulation(accumulate_gradients) -> None:
     """accumulate_gradients(model, x, y, k) -> mean loss; the gradient is left in .grad."""
     for seed, k in enumerate((2, 4, 1)):
-        model, x, y = _accumulation_setup(seed)
-        stale = [torch.full_like(p, 0.5) for p in model.parameters()]  # an earlier step's grads
-        right, wrong = _accumulation_variants(model, x, y, k, stale)
-        with torch.no_grad():
-            full_loss = model(x, y)[1].item()
-        for p, s in zip(model.parameters(), stale, strict=True):
-            p.grad = s.clone()
-        loss = as_number(call(accumulate_gradients, model, x, y, k),
-                         f"the loss returned for k={k}")
-        got = _gradients(model)
-        what = f"the accumulated gradient with k={k} micro-batches of {x.size(0) // k}"
-        if not torch.allclose(got, right, rtol=1e-4, atol=1e-7):
-            for why, value in wrong.items():
-                if torch.allclose(got, value, rtol=1e-4, atol=1e-7):
-                    raise CheckFailed(f"{what} is not the full batch's gradient: you {why}")
-            close(got, right, f"{what} (against one backward over the whole batch)",
-                  rtol=1e-4, atol=1e-7, factors={"k": float(k)} if k > 1 else None)
-        if not math.isclose(loss, full_loss, rel_tol=1e-4):
-            hint = ""
-            if k > 1 and math.isclose(loss, k * full_loss, rel_tol=1e-4):
-                hint = ": that is the sum of the micro-batch losses; return their mean"
-            raise CheckFailed(f"the returned loss for k={k} is {loss:.6g}, but the whole "
-                              f"batch's mean loss is {full_loss:.6g}{hint}")
+        _check_accumulation_case(accumulate_gradients, seed, k)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a model, a batch and a k no one knew in advance
+        k = (1, 2, 4, 8)[int(torch.randint(0, 4, (), generator=generator))]
+        _check_accumulation_case(accumulate_gradients, seed, k)
     passed("gradient accumulation, eq. (8.7)")
+
+
+def _check_accumulation_case(accumulate_gradients, seed: int, k: int) -> None:
+    model, x, y = _accumulation_setup(seed)
+    stale = [torch.full_like(p, 0.5) for p in model.parameters()]  # an earlier step's grads
+    right, wrong = _accumulation_variants(model, x, y, k, stale)
+    with torch.no_grad():
+        full_loss = model(x, y)[1].item()
+    for p, s in zip(model.parameters(), stale, strict=True):
+        p.grad = s.clone()
+    loss = as_number(call(accumulate_gradients, model, x, y, k),
+                     f"the loss returned for k={k}")
+    got = _gradients(model)
+    what = f"the accumulated gradient with k={k} micro-batches of {x.size(0) // k}"
+    if not torch.allclose(got, right, rtol=1e-4, atol=1e-7):
+        for why, value in wrong.items():
+            if torch.allclose(got, value, rtol=1e-4, atol=1e-7):
+                raise CheckFailed(f"{what} is not the full batch's gradient: you {why}")
+        close(got, right, f"{what} (against one backward over the whole batch)",
+              rtol=1e-4, atol=1e-7, factors={"k": float(k)} if k > 1 else None)
+    if not math.isclose(loss, full_loss, rel_tol=1e-4):
+        hint = ""
+        if k > 1 and math.isclose(loss, k * full_loss, rel_tol=1e-4):
+            hint = ": that is the sum of the micro-batch losses; return their mean"
+        raise CheckFailed(f"the returned loss for k={k} is {loss:.6g}, but the whole "
+                          f"batch's mean loss is {full_loss:.6g}{hint}")

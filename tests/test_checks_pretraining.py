@@ -8,7 +8,13 @@ import math
 
 import pytest
 import torch
-from check_helpers import fails, unwritten
+from check_helpers import (
+    FRESH_CASE_WORDS,
+    Memoriser,
+    fails,
+    rejects_remembered_answers,
+    unwritten,
+)
 
 from checks import pretraining as check
 from minigpt.train import TrainConfig, configure_optimizer, learning_rate_at
@@ -277,3 +283,33 @@ def test_accumulation_divided_twice_or_one_micro_batch():
     fails(check.check_accumulation, twice, "divided by k twice")
     fails(check.check_accumulation, first_only, "only the first micro-batch")
     fails(check.check_accumulation, unwritten, "not written yet")
+
+
+# ------------------------------------------------------------ answers for the fixed examples only
+
+def test_decay_groups_reject_the_weight_decay_of_the_fixed_examples():
+    def decay_one_tenth(model, weight_decay):  # right for the fixed examples, which use 0.1
+        return groups(model, 0.1)
+
+    fails(check.check_decay_groups, decay_one_tenth, "drawn at random", "weight_decay=",
+          "use the weight_decay argument, not a constant")
+
+
+def test_accumulation_rejects_a_remembered_loss():
+    memoriser = Memoriser(accumulate)
+    check.check_accumulation(memoriser.record)
+
+    def right_gradient_remembered_loss(model, x, y, k):
+        accumulate(model, x, y, k)
+        return memoriser.replay(model, x, y, k)
+
+    fails(check.check_accumulation, right_gradient_remembered_loss, *FRESH_CASE_WORDS)
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_schedule, lr_at),
+    (check.check_adamw_step, adamw_step),
+    (check.check_clip, clip),
+], ids=["schedule", "adamw_step", "clip"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
