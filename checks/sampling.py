@@ -23,6 +23,8 @@ from checks.core import (
     close,
     close_or_diagnose,
     diagnose_all,
+    fresh_case,
+    fresh_seed,
     passed,
     require,
     same_shape,
@@ -47,6 +49,25 @@ def _logits_with_probs(probs: list[float], order: list[int]) -> torch.Tensor:
 HAND_ROW = _logits_with_probs([0.42, 0.25, 0.15, 0.08, 0.05, 0.03, 0.02], [3, 0, 5, 1, 6, 2, 4])
 # Three rows over V = 10 with no ties; every token has a probability well above rounding noise.
 BATCH = 1.5 * _seeded_randn(3, 10, seed=0)
+
+
+def _fresh_int(generator, low: int, high: int) -> int:
+    """An integer in [low, high), drawn with `generator`."""
+    return int(torch.randint(low, high, (), generator=generator))
+
+
+def _fresh_logits(generator) -> torch.Tensor:
+    """A few rows of logits over a small vocabulary, both drawn with `generator`."""
+    B, V = _fresh_int(generator, 1, 5), _fresh_int(generator, 3, 16)
+    return 2 * torch.randn(B, V, generator=generator)
+
+
+def _clear_of_p(logits: torch.Tensor, top_p: float) -> bool:
+    """Whether no row's running mass (before a token, in sorted order) sits within 1e-3 of p,
+    where float rounding could keep or drop a token either way."""
+    probs = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True).values
+    before = probs.cumsum(dim=-1) - probs
+    return bool(((before - top_p).abs() > 1e-3).all())
 
 
 # --------------------------------------------------------------------------- shared comparisons
@@ -174,6 +195,13 @@ def check_temperature(temperature_probs) -> None:
             cases.append((what, out, expected, _temperature_mistakes(logits, tau)))
     _judge(cases)
     _check_greedy_limit(temperature_probs)
+    with fresh_case(fresh_seed()) as generator:  # logits and a τ no one knew in advance
+        logits = _fresh_logits(generator)
+        tau = round(0.05 + 3 * float(torch.rand((), generator=generator)), 3)
+        out = _run(temperature_probs, logits.clone(), tau)
+        what = f"temperature_probs(logits, tau={tau}) for logits of shape {tuple(logits.shape)}"
+        _judge([(what, out, torch.softmax(logits / tau, dim=-1),
+                 _temperature_mistakes(logits, tau))])
     passed("temperature_probs")
 
 
@@ -259,6 +287,13 @@ def check_top_k(top_k_probs) -> None:
         assert (expected > 0).sum(-1).eq(min(k, V)).all()  # eq. (9.2): exactly k survive
         cases.append((what, out, expected, _top_k_mistakes(logits, k)))
     _judge(cases)
+    with fresh_case(fresh_seed()) as generator:  # logits and a k no one knew in advance
+        logits = _fresh_logits(generator)
+        k = _fresh_int(generator, 1, logits.size(-1) + 3)
+        out = _run(top_k_probs, logits.clone(), k)
+        what = f"top_k_probs(logits, k={k}) for logits of shape {tuple(logits.shape)}"
+        _judge([(what, out, torch.softmax(apply_top_k(logits, k), dim=-1),
+                 _top_k_mistakes(logits, k))])
     passed("top_k_probs")
 
 
@@ -311,6 +346,14 @@ def check_top_p(top_p_probs) -> None:
         what = f"top_p_probs(logits, p={top_p}) for logits of shape {tuple(logits.shape)}"
         cases.append((what, out, expected, _top_p_mistakes(logits, top_p)))
     _judge(cases)
+    with fresh_case(fresh_seed()) as generator:  # logits and a p no one knew in advance
+        logits, top_p = _fresh_logits(generator), 0.0
+        while not _clear_of_p(logits, top_p):
+            top_p = round(0.05 + 0.9 * float(torch.rand((), generator=generator)), 3)
+        out = _run(top_p_probs, logits.clone(), top_p)
+        what = f"top_p_probs(logits, p={top_p}) for logits of shape {tuple(logits.shape)}"
+        _judge([(what, out, torch.softmax(apply_top_p(logits, top_p), dim=-1),
+                 _top_p_mistakes(logits, top_p))])
     passed("top_p_probs")
 
 
@@ -383,6 +426,19 @@ def check_sampling_probs(sampling_probs) -> None:
                     "means greedy decoding, one-hot rows at the argmax (don't divide by 0)")
         cases.append((what, out, expected, _rule_mistakes(BATCH, tau, k, top_p)))
     _judge(cases)
+    with fresh_case(fresh_seed()) as generator:  # a rule and logits no one knew in advance
+        logits, top_p = _fresh_logits(generator), 0.0
+        tau = round(0.2 + 2 * float(torch.rand((), generator=generator)), 3)
+        k = _fresh_int(generator, 1, logits.size(-1) + 1)
+        from minigpt.generate import apply_top_k
+
+        while not _clear_of_p(apply_top_k(logits / tau, k), top_p):
+            top_p = round(0.05 + 0.9 * float(torch.rand((), generator=generator)), 3)
+        out = _call_at_zero(sampling_probs, logits.clone(), tau, k, top_p)
+        what = (f"sampling_probs(logits, temperature={tau}, top_k={k}, top_p={top_p}) for "
+                f"logits of shape {tuple(logits.shape)}")
+        _judge([(what, as_tensor(out, what), _rule(logits, tau, k, top_p),
+                 _rule_mistakes(logits, tau, k, top_p))])
     passed("sampling_probs")
 
 
@@ -460,6 +516,16 @@ def check_distinct_n(distinct_n) -> None:
             raise CheckFailed(f"{what} is {answer:.4g}, expected {expected:.4g}" + (
                 f": {diagnosis}" if diagnosis else " = |distinct n-grams| / #n-grams, pooled "
                 "over all the samples together (eq. 9.7)"))
+    with fresh_case(fresh_seed()) as generator:  # samples no one knew in advance
+        n = _fresh_int(generator, 1, 4)
+        samples = [torch.randint(0, 4, (_fresh_int(generator, n, 12),),
+                                 generator=generator).tolist()
+                   for _ in range(_fresh_int(generator, 1, 5))]
+        what = f"distinct_n({samples}, n = {n})"
+        answer = as_number(call(distinct_n, [list(s) for s in samples], n), what)
+        expected = _distinct(samples, n)
+        require(math.isclose(answer, expected, rel_tol=1e-6, abs_tol=1e-9),
+                f"{what} is {answer:.4g}, expected {expected:.4g}")
     passed("distinct_n")
 
 
@@ -518,20 +584,30 @@ def check_kv_cache(attend_with_cache) -> None:
     layer = _attention_layer(seed=0)
     for number, (B, prompt, total) in enumerate(CACHE_CASES):
         x = _seeded_randn(B, total, N_EMBD, seed=10 + number)
-        full, keys, values = _references(layer, x)
-        cache = None
-        for start, stop in [(0, prompt)] + [(t, t + 1) for t in range(prompt, total)]:
-            what = (f"step {start} (tokens {start}..{stop - 1} with {start} cached)" if start
-                    else f"the prefill ({stop} tokens, empty cache)") + f", batch of {B}"
-            with torch.no_grad():
-                result = _call_step(attend_with_cache, layer, x[:, start:stop].clone(), cache)
-            y, cache = _unpack(result, what)
-            _check_cache(cache, keys[:, :, :stop], values[:, :, :stop], what)
-            mistakes = _step_mistakes(layer, x, keys, values, start, stop)
-            close_or_diagnose(y, full[:, start:stop], f"the output at {what}", mistakes,
-                              factors={"√head_dim": math.sqrt(N_EMBD // N_HEAD)})
-            cache = tuple(t.detach() for t in cache)
+        _check_cache_case(attend_with_cache, layer, x, prompt)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a layer, a prompt and a length no one knew before
+        B, prompt = _fresh_int(generator, 1, 4), _fresh_int(generator, 1, 6)
+        x = torch.randn(B, prompt + _fresh_int(generator, 1, 5), N_EMBD, generator=generator)
+        _check_cache_case(attend_with_cache, _attention_layer(seed=seed), x, prompt)
     passed("kv_cache (every cached step equals full recomputation)")
+
+
+def _check_cache_case(attend_with_cache, layer, x, prompt: int) -> None:
+    B, total, _ = x.shape
+    full, keys, values = _references(layer, x)
+    cache = None
+    for start, stop in [(0, prompt)] + [(t, t + 1) for t in range(prompt, total)]:
+        what = (f"step {start} (tokens {start}..{stop - 1} with {start} cached)" if start
+                else f"the prefill ({stop} tokens, empty cache)") + f", batch of {B}"
+        with torch.no_grad():
+            result = _call_step(attend_with_cache, layer, x[:, start:stop].clone(), cache)
+        y, cache = _unpack(result, what)
+        _check_cache(cache, keys[:, :, :stop], values[:, :, :stop], what)
+        mistakes = _step_mistakes(layer, x, keys, values, start, stop)
+        close_or_diagnose(y, full[:, start:stop], f"the output at {what}", mistakes,
+                          factors={"√head_dim": math.sqrt(N_EMBD // N_HEAD)})
+        cache = tuple(t.detach() for t in cache)
 
 
 def _attention_layer(seed: int):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails
+from check_helpers import fails, rejects_remembered_answers
 
 from checks import sampling as check
 from minigpt.generate import apply_top_k, apply_top_p
@@ -382,3 +382,18 @@ def test_a_cache_that_grows_along_the_wrong_axis_is_named(monkeypatch):
 
     monkeypatch.setattr(check, "CACHE_CASES", [(1, 1, 4)])
     fails(check.check_kv_cache, heads_axis, "dim 1", "dim 2")
+
+
+# --------------------------------------------------------------------------- fresh cases
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_temperature, temperature_probs),
+    (check.check_top_k, top_k_probs),
+    (check.check_top_p, top_p_probs),
+    (check.check_sampling_probs, sampling_probs),
+    (check.check_distinct_n, distinct_n),
+    (check.check_kv_cache, attend_with_cache),
+], ids=["temperature", "top_k", "top_p", "sampling_probs", "distinct_n", "kv_cache"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
