@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -74,6 +75,22 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# The files of a saved model (GPT.save_pretrained, a finetune's output, a Hugging Face folder).
+SAVED_MODEL_FILES = ("model.safetensors", "config.json", "pytorch_model.bin")
+
+
+def refuse_saved_model(folder, what: str) -> None:
+    """Raise CheckpointError if `folder` holds a saved model: `what` (a training run, a
+    finetune) would overwrite its weights or tokenizer, which may be all that is left of it."""
+    folder = Path(folder)
+    present = [name for name in SAVED_MODEL_FILES if (folder / name).is_file()]
+    if present:
+        raise CheckpointError(
+            f"{folder} holds a saved model ({', '.join(present)}); {what} there would overwrite "
+            "it. Choose another out_dir"
+        )
+
+
 def save_checkpoint(state: dict, path) -> None:
     """torch.save `state` atomically."""
     buffer = io.BytesIO()
@@ -81,19 +98,68 @@ def save_checkpoint(state: dict, path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint written by `save_checkpoint`, with a clear error if it is damaged."""
+def load_checkpoint(path, map_location="cpu", require=("model",)) -> dict:
+    """Load a checkpoint written by `save_checkpoint`, with a clear error if it is damaged, is
+    not a minigpt checkpoint, or lacks one of the `require`d entries."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train first, or check out_dir")
-    try:
-        # weights_only: a checkpoint is data, never code to execute
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
-            "delete it to start over, or restore it from a backup"
-        ) from exc
+    state = load_weights_file(path, map_location)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a minigpt training checkpoint (no 'model' entry)")
+    missing = [key for key in require if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {', '.join(map(repr, missing))}: it was not written by `minigpt "
+            "train` (or is from an incompatible version); train again into a new out_dir"
+        )
     return state
+
+
+def load_weights_file(path, map_location="cpu"):
+    """torch.load with weights_only=True: a checkpoint is data, never code to execute. A file
+    that needs arbitrary unpickling is refused, with no advice to load it unsafely."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # PyTorch reports Python objects as an "Unsupported global"; garbage fails otherwise
+        if "unsupported global" not in str(exc).lower():
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or truncated (it does not unpickle); delete it to "
+                "start over, or restore it from a backup"
+            ) from None
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors and plain values; minigpt only loads "
+            "data (weights_only=True), never code. Re-save its weights as safetensors or as a "
+            "plain state dict"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: "
+            f"{_first_line(exc)}); delete it to start over, or restore it from a backup"
+        ) from None
+
+
+def load_safetensors(path) -> dict:
+    """The tensors of a .safetensors file, or a CheckpointError that names the file when it is
+    truncated or not a safetensors file at all."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+        raise CheckpointError(
+            f"{path} is truncated or not a safetensors file ({_first_line(exc)}); copy or "
+            "save the model again"
+        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an error's message, never one that suggests loading unsafely."""
+    lines = str(exc).strip().splitlines()
+    if not lines or "weights_only" in lines[0]:
+        return type(exc).__name__
+    return lines[0]

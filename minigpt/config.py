@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -89,9 +90,12 @@ def coerce(raw: str, annotation, key: str = "value"):
                 return word in TRUE
         elif option in (int, float):
             try:
-                return option(raw)
+                value = option(raw)
             except ValueError:
                 continue
+            if option is float and not math.isfinite(value):
+                raise ValueError(f"{key}={raw!r}: must be a finite number")
+            return value
         elif option is str:
             return raw
     names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
@@ -106,6 +110,28 @@ def _unknown_key_message(key: str, known) -> str:
     close = difflib.get_close_matches(key, list(known), n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return f"unknown setting {key!r}{hint} (known: {', '.join(sorted(known))})"
+
+
+def check_types(config) -> None:
+    """Check each field of a settings dataclass against its annotation (bool, int, float, str):
+    an int is accepted for a float, and a float must be finite. A NaN slips through every
+    comparison (`nan < 0` is False), so range checks alone would let it silently disable
+    clipping or poison a schedule."""
+    hints = typing.get_type_hints(type(config))
+    name = type(config).__name__
+    for field in dataclasses.fields(config):
+        value, expected = getattr(config, field.name), hints[field.name]
+        options = typing.get_args(expected) if _is_union(expected) else (expected,)
+        if float in options and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+            setattr(config, field.name, value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}.{field.name}={value!r}: must be a finite number")
+        if expected in (int, float, str, bool) and (
+            not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+        ):
+            raise ValueError(f"{name}.{field.name}={value!r}: expected "
+                             f"{expected.__name__}, got {type(value).__name__}")
 
 
 def from_dict(cls, values: dict):

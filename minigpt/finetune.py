@@ -295,9 +295,9 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self):
-        from minigpt.train import _check_types
+        from minigpt.config import check_types
 
-        _check_types(self)
+        check_types(self)
         if self.method not in ("lora", "full"):
             raise ValueError(f"FinetuneConfig.method={self.method!r}: use 'lora' or 'full'")
         if self.format not in ("auto", *FORMATS):

@@ -14,6 +14,8 @@ cannot be shifted inside a cache. Both paths produce identical tokens.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -53,7 +55,10 @@ def sample_next_token(
     """Draw one token id per row of logits (B, V) -> (B, 1)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # greedy: the τ → 0 limit of eq. (9.1)
-    logits = logits.float() / temperature
+    # Shifting by the row maximum leaves eq. (9.1) unchanged and keeps a tiny τ from overflowing
+    # z / τ to inf (and inf - inf to NaN): the largest logit becomes 0, the others -large or -inf.
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         logits = apply_top_k(logits, top_k)
     if top_p is not None and top_p < 1.0:
@@ -69,10 +74,13 @@ def _check_arguments(model, idx, max_new_tokens, temperature, top_k, top_p, eos_
         raise ValueError("the prompt is empty; give at least one token (e.g. the end-of-text id)")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be a non-negative integer")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature}: must be ≥ 0 (0 means greedy)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k}: must be a positive integer or None")
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature)
+            and temperature >= 0):  # written so that NaN fails too
+        raise ValueError(f"temperature={temperature!r}: must be a finite number ≥ 0 "
+                         "(0 means greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool)
+                              or top_k < 1):
+        raise ValueError(f"top_k={top_k!r}: must be a positive integer or None")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p={top_p}: must be in (0, 1] or None")
     vocab = model.config.vocab_size

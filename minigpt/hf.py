@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from minigpt.model import GPT, GPT2_SIZES, GPTConfig
+from minigpt.checkpoint import load_safetensors, load_weights_file
+from minigpt.model import GPT, GPT2_SIZES, GPTConfig, load_weights, read_json_config
 
 # GPT-2 layout:  transformer.h.{i}.<hf name>  <->  blocks.{i}.<minigpt name>
 _BLOCK_NAMES = {
@@ -153,8 +154,8 @@ def state_dict_to_hf(model: GPT) -> dict:
 
 def _take(state: dict, name: str) -> torch.Tensor:
     if name not in state:
-        raise KeyError(f"GPT-2 checkpoint has no tensor {name!r}; is it a GPT-2 checkpoint "
-                       "with the configured number of layers?")
+        raise ValueError(f"the GPT-2 weights have no tensor {name!r}; is this a GPT-2 "
+                         "checkpoint, with as many layers as its config.json says?")
     return state[name]
 
 
@@ -195,19 +196,22 @@ def _download_or_cached(name: str) -> Path:
             f"reachable ({type(exc).__name__}). On a machine with network access run "
             f"`hf download {name} config.json model.safetensors` (older huggingface_hub: "
             "`huggingface-cli download ...`) and copy the cache, or pass a local folder"
-        ) from exc
+        ) from None  # the hub's chained tracebacks add a hundred lines and nothing to act on
 
 
 def read_hf_weights(folder: Path) -> dict:
     """GPT-2 weights from model.safetensors, else pytorch_model.bin (weights only)."""
     safetensors_file = folder / "model.safetensors"
     if safetensors_file.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(safetensors_file))
+        return load_safetensors(safetensors_file)
     bin_file = folder / "pytorch_model.bin"
     if bin_file.is_file():
-        return torch.load(bin_file, map_location="cpu", weights_only=True)
+        state = load_weights_file(bin_file)
+        if not isinstance(state, dict) or not all(
+                isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{bin_file} is not a state dict of tensors; is it a GPT-2 "
+                             "pytorch_model.bin?")
+        return state
     raise FileNotFoundError(
         f"{folder} has no model.safetensors or pytorch_model.bin (TensorFlow and Flax weights "
         "are not read); convert them with transformers first"
@@ -220,12 +224,12 @@ def load_hf_gpt2(name_or_dir, **overrides) -> GPT:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json; is it a GPT-2 checkpoint folder?")
-    config = config_from_hf(json.loads(config_file.read_text()), **overrides)
+    config = config_from_hf(read_json_config(config_file), **overrides)
     model = GPT(config)
     state = state_dict_from_hf(read_hf_weights(folder), config.n_layer)
     if config.tie_weights or "lm_head.weight" not in state:
         state["lm_head.weight"] = state["token_emb.weight"]
-    model.load_state_dict(state)
+    load_weights(model, state, folder)
     return model
 
 

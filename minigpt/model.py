@@ -286,7 +286,7 @@ class GPT(nn.Module):
             return load_nanogpt(path, **overrides)
         config_file = path / "config.json"
         if config_file.is_file():
-            saved = json.loads(config_file.read_text())
+            saved = read_json_config(config_file)
             if saved.get("model_type") == "minigpt":
                 return cls._load_native(path, overrides)
         from minigpt.hf import load_hf_gpt2
@@ -295,16 +295,56 @@ class GPT(nn.Module):
 
     @classmethod
     def _load_native(cls, path: Path, overrides: dict) -> GPT:
-        from safetensors.torch import load_file
+        from minigpt.checkpoint import CheckpointError, load_safetensors
 
-        saved = json.loads((path / "config.json").read_text())
-        config = GPTConfig.from_dict({**saved["config"], **overrides})
+        config_file = path / "config.json"
+        saved = read_json_config(config_file)
+        if not isinstance(saved.get("config"), dict):
+            raise CheckpointError(f"{config_file} has no 'config' table; it was not written by "
+                                  "GPT.save_pretrained. Save the model again")
+        try:
+            GPTConfig.from_dict(saved["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{config_file}: {exc}") from None
+        config = GPTConfig.from_dict({**saved["config"], **overrides})  # the caller's errors
         model = cls(config)
-        state = load_file(str(path / "model.safetensors"))
-        if config.tie_weights:
+        state = load_safetensors(path / "model.safetensors")
+        if config.tie_weights and "token_emb.weight" in state:
             state["lm_head.weight"] = state["token_emb.weight"]
-        model.load_state_dict(state)
+        load_weights(model, state, path / "model.safetensors")
         return model
+
+
+def read_json_config(path) -> dict:
+    """A model folder's config.json as a dict, or an error that names the file."""
+    from minigpt.checkpoint import CheckpointError
+
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); restore or re-save the "
+                              "model") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds a {type(saved).__name__}, not a JSON object")
+    return saved
+
+
+def load_weights(model: nn.Module, state: dict, source) -> None:
+    """model.load_state_dict(state), with an error that names `source` and says which tensors
+    are missing, unexpected or of the wrong shape (not PyTorch's page-long listing)."""
+    from minigpt.checkpoint import CheckpointError
+
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{label} {names[:3]}{' ...' if len(names) > 3 else ''}"
+                 for label, names in (("missing", missing), ("unexpected", unexpected),
+                                      ("of another shape", wrong)) if names]
+        raise CheckpointError(f"the weights in {source} do not fit the model's config ("
+                              + "; ".join(parts) + "); were they saved with another config?")
+    model.load_state_dict(state)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

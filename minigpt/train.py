@@ -20,7 +20,6 @@ import random
 import signal
 import sys
 import time
-import typing
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,16 @@ from torch import nn
 
 from minigpt import config as configs
 from minigpt import distributed, platform
-from minigpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minigpt.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    refuse_saved_model,
+    save_checkpoint,
+)
 from minigpt.generate import generate_text
 from minigpt.metrics import MetricsLog, mfu, plot_loss_curve, truncate_metrics
-from minigpt.model import GPT, GPTConfig
+from minigpt.model import GPT, GPTConfig, load_weights
+from minigpt.runlock import RunLock, RunLockedError, took_over_message
 
 # Fields of TrainConfig that define the network; a resumed run must agree on all of them.
 MODEL_FIELDS = (
@@ -44,8 +49,30 @@ MODEL_FIELDS = (
 DATA_FIELDS = ("dataset", "tokenizer")
 
 
+# What a resumed run needs from a checkpoint (load_run needs only "model" and "model_config").
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "step", "best_val_loss", "config",
+                   "model_config", "train_data", "rng")
+# Signals that stop training gracefully: Ctrl-C, and what `kill`, `docker stop` and job
+# schedulers send. A run they stop exits with 128 + the signal's number, as a shell expects.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """A signal stopped a run before it finished; its checkpoint lets `--resume` continue it."""
+
+    def __init__(self, signum: int, step: int, out_dir):
+        self.signum, self.step, self.out_dir = signum, step, out_dir
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} at step {step}; the checkpoint in {out_dir} "
+                         "lets --resume continue it")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 @dataclass
@@ -96,7 +123,7 @@ class TrainConfig:
     sample_prompt: str = "def "
 
     def __post_init__(self):
-        _check_types(self)
+        configs.check_types(self)
         positive = ("batch_size", "grad_accum_steps", "max_iters", "eval_interval",
                     "eval_iters", "log_interval", "vocab_multiple")
         for name in positive:
@@ -134,19 +161,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         return configs.from_dict(cls, values)
-
-
-def _check_types(config) -> None:
-    hints = typing.get_type_hints(type(config))
-    for field in dataclasses.fields(config):
-        value, expected = getattr(config, field.name), hints[field.name]
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            setattr(config, field.name, float(value))
-        elif expected in (int, float, str, bool) and (
-            not isinstance(value, expected) or (expected is int and isinstance(value, bool))
-        ):
-            raise ValueError(f"{type(config).__name__}.{field.name}={value!r}: expected "
-                             f"{expected.__name__}, got {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------- pieces of the loop
@@ -233,6 +247,17 @@ class Trainer:
         self.tokenizer = tokenizer
         self.train_data, self.val_data = train_data, val_data
         self.checkpoint_path = self.out_dir / "ckpt.pt"
+        self.resumed_from: int | None = None  # the step a resumed run continues from
+        self.interrupted_by: int | None = None  # the signal that stopped fit(), if one did
+        self._stop_signal = 0
+        self._lock = self._take_run_lock()
+        try:
+            self._setup(config, model, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, config: TrainConfig, model: GPT | None, resume: bool) -> None:
         checkpoint = self._read_checkpoint(resume)
         torch.manual_seed(config.seed)
         if self.train_data is None:
@@ -251,11 +276,39 @@ class Trainer:
         self.train_model = self._wrap_model()
         self.peak_flops = platform.peak_flops(self.device, self.dtype)
         self.flops_per_token = self.model.flops_per_token(self._seq_len())
-        self._stop_requested = False
+
+    def close(self) -> None:
+        """Give back the run lock of out_dir (the end of the process does it too)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ----------------------------------------------------------------- setup
 
+    def _take_run_lock(self) -> RunLock | None:
+        """One run per out_dir: the first process (rank 0 under torchrun) takes the folder's
+        lock; every rank learns whether it did, so all stop together when it could not."""
+        lock, error = None, None
+        if self.dist.is_main:
+            try:
+                lock = RunLock(self.out_dir).acquire()
+            except RunLockedError as exc:
+                error = exc
+            if lock is not None and lock.took_over:
+                print(took_over_message(lock.took_over, self.out_dir), file=sys.stderr)
+        failed = torch.tensor(float(error is not None), device=self.device)
+        if distributed.mean_across_ranks(failed, self.dist).item() > 0:
+            raise error or RunLockedError(f"rank 0 could not lock {self.out_dir}")
+        return lock
+
     def _read_checkpoint(self, resume: bool):
+        refuse_saved_model(self.out_dir, "training")
         if not self.checkpoint_path.exists():
             if resume and self.dist.is_main:
                 print(f"no checkpoint in {self.out_dir} yet: starting a new run")
@@ -265,8 +318,9 @@ class Trainer:
                 f"{self.out_dir} already holds a checkpoint; pass --resume (resume=True) to "
                 "continue it, or choose another out_dir"
             )
-        checkpoint = load_checkpoint(self.checkpoint_path)
+        checkpoint = load_checkpoint(self.checkpoint_path, require=CHECKPOINT_KEYS)
         self._check_compatible(checkpoint["config"])
+        self.resumed_from = checkpoint["step"]
         return checkpoint
 
     def _check_compatible(self, saved: dict) -> None:
@@ -367,7 +421,7 @@ class Trainer:
         distributed.barrier(self.dist)
 
     def _restore(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
+        load_weights(self.model, checkpoint["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.step = checkpoint["step"]
@@ -426,9 +480,15 @@ class Trainer:
         self.model.train()
         return losses
 
-    def fit(self, stop_at: int | None = None) -> dict:
+    def fit(self, stop_at: int | None = None, on_log=None) -> dict:
         """Train until max_iters (or `stop_at`), evaluating, logging and checkpointing on the
-        way. Returns the last metrics. Ctrl-C stops at the next step boundary with a checkpoint."""
+        way. Returns the last metrics; `on_log(record)` is called with each logged record.
+
+        Ctrl-C (SIGINT) or SIGTERM stops at the next step boundary with a checkpoint and a last
+        metrics line; `interrupted_by` then holds the signal. A second signal stops at once.
+        Each step's metrics line is written before its checkpoint, so after a kill between the
+        two, resuming drops the line and logs the step again: never a step lost or doubled.
+        """
         c = self.config
         stop_at = c.max_iters if stop_at is None else min(stop_at, c.max_iters)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -438,42 +498,60 @@ class Trainer:
         if self.step == 0:
             if self.dist.is_main:  # records of a run that died before its first checkpoint
                 log.path.unlink(missing_ok=True)
-            log.write({"step": 0, **self.evaluate()})
+            first = {"step": 0, **self.evaluate()}
+            log.write(first)
+            if on_log is not None:
+                on_log(first)
         checkpoint_every = c.checkpoint_interval or c.eval_interval
         bar = self._progress_bar(stop_at)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         last = {}
+        self.interrupted_by = None
         with self._graceful_interrupt():
             timer = _Timer(self.device, self.step)
-            while self.step < stop_at and not self._stop_requested:
+            while self.step < stop_at:
                 loss = self.train_step()
                 nonfinite |= ~torch.isfinite(loss)
+                stopping = self._stop_agreed()
                 record = {}
-                if self.step % c.log_interval == 0 or self.step == stop_at:
+                if self.step % c.log_interval == 0 or self.step == stop_at or stopping:
                     self._check_finite(nonfinite)
                     record.update(self._throughput(loss, timer))
                 if self.step % c.eval_interval == 0 or self.step == c.max_iters:
                     self._check_finite(nonfinite)
                     record.update(self.evaluate())
                     self.best_val_loss = min(self.best_val_loss, record.get("val_loss", math.inf))
-                if self.step % checkpoint_every == 0 or self.step == stop_at:
-                    self._check_finite(nonfinite, weights=True)
-                    self.save()
-                if record:
+                if record:  # before the checkpoint: see the docstring
                     last = {"step": self.step, **record}
                     log.write(last)
                     bar.set_postfix(loss=f"{last.get('loss', last.get('val_loss')):.3f}")
+                    if on_log is not None:
+                        on_log(last)
+                if self.step % checkpoint_every == 0 or self.step == stop_at or stopping:
+                    self._check_finite(nonfinite, weights=True)
+                    self.save()
+                if record:
                     timer.restart(self.step)
                 bar.update(1)
-            if self._stop_requested:
-                self._check_finite(nonfinite, weights=True)
-                self.save()
-                if self.dist.is_main:
-                    print(f"\ninterrupted: checkpoint saved at step {self.step} in {self.out_dir}")
+                if stopping:
+                    self.interrupted_by = stopping
+                    break
         bar.close()
+        if self.interrupted_by and self.dist.is_main:
+            print(f"\ninterrupted ({signal.Signals(self.interrupted_by).name}): checkpoint "
+                  f"saved at step {self.step} in {self.out_dir}", file=sys.stderr)
         if self.dist.is_main and self.step >= c.max_iters:
             plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
         return last
+
+    def _stop_agreed(self) -> int:
+        """The signal that asked to stop (0 if none). Under torchrun every rank must stop at the
+        same step, so the ranks agree on the largest signal any of them received."""
+        if not self.dist.enabled:
+            return self._stop_signal
+        wanted = torch.tensor(float(self._stop_signal), device=self.device)
+        torch.distributed.all_reduce(wanted, op=torch.distributed.ReduceOp.MAX)
+        return int(wanted.item())
 
     def _check_finite(self, nonfinite: torch.Tensor, weights: bool = False) -> None:
         """Raise TrainingDiverged if a loss so far was NaN/inf, or (before a checkpoint) if the
@@ -484,10 +562,12 @@ class Trainer:
             bad = bad | ~finite.all()
         # every rank must agree, or one would raise while the others wait at the next barrier
         if distributed.mean_across_ranks(bad.float(), self.dist).item() > 0:
+            kept = (f"the last good checkpoint in {self.out_dir} is kept"
+                    if self.checkpoint_path.exists() else "no checkpoint was written yet")
             raise TrainingDiverged(
                 f"the loss or the weights became NaN or infinite at or before step {self.step}; "
-                f"the last good checkpoint in {self.out_dir} is kept. Lower learning_rate, "
-                "lengthen warmup_iters, keep grad_clip on, or check the data"
+                f"{kept}. Lower learning_rate, lengthen warmup_iters, keep grad_clip on, or "
+                "check the data"
             )
 
     def _throughput(self, loss: torch.Tensor, timer: _Timer) -> dict:
@@ -512,25 +592,28 @@ class Trainer:
                     dynamic_ncols=True, file=sys.stdout)
 
     def _graceful_interrupt(self):
-        """The first Ctrl-C asks the loop to stop at the next step boundary (and checkpoint);
-        a second one interrupts at once."""
+        """The first Ctrl-C (SIGINT) or SIGTERM (what `kill`, `docker stop` and schedulers
+        send) asks the loop to stop at the next step boundary, with a checkpoint; a second one
+        interrupts at once (KeyboardInterrupt)."""
         trainer = self
 
         class _Handler:
             def __enter__(self):
-                self.previous = None
+                self.previous = {}
                 if threading_is_main():
-                    self.previous = signal.signal(signal.SIGINT, self.handle)
+                    for signum in STOP_SIGNALS:
+                        self.previous[signum] = signal.signal(signum, self.handle)
                 return self
 
             def handle(self, signum, frame):
-                if trainer._stop_requested:
+                if trainer._stop_signal:
                     raise KeyboardInterrupt
-                trainer._stop_requested = True
+                trainer._stop_signal = signum
 
             def __exit__(self, *exc):
-                if self.previous is not None:
-                    signal.signal(signal.SIGINT, self.previous)
+                for signum, previous in self.previous.items():
+                    signal.signal(signum, previous)
+                trainer._stop_signal = 0
                 return False
 
         return _Handler()
@@ -568,19 +651,28 @@ class _Timer:
 
 
 def load_run(out_dir, device="cpu"):
-    """(model, tokenizer) of a training run folder, in eval mode on `device`."""
+    """(model, tokenizer) of a training run folder (ckpt.pt) or of a saved model folder
+    (config.json + model.safetensors, e.g. a finetune's output), in eval mode on `device`."""
     from minigpt.tokenizer import load_tokenizer, tokenizer_from_dict
 
     out_dir = Path(out_dir)
-    if not (out_dir / "ckpt.pt").is_file():
-        if (out_dir / "config.json").is_file():  # a folder written by save_pretrained
-            model = GPT.from_pretrained(out_dir).to(device).eval()
-            return model, load_tokenizer(out_dir / "tokenizer.json")
+    has_checkpoint = (out_dir / "ckpt.pt").is_file()
+    if (out_dir / "config.json").is_file():  # a folder written by save_pretrained
+        if has_checkpoint:
+            print(f"note: {out_dir} holds both a training checkpoint and a saved model; "
+                  "loading the saved model (model.safetensors)", file=sys.stderr)
+        model = GPT.from_pretrained(out_dir).to(device).eval()
+        return model, load_tokenizer(out_dir / "tokenizer.json")
+    if not has_checkpoint:
         raise FileNotFoundError(f"{out_dir} holds no checkpoint (ckpt.pt); train a model there "
                                 "first, e.g. `minigpt train out_dir=" + str(out_dir) + "`")
-    checkpoint = load_checkpoint(out_dir / "ckpt.pt")
-    model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
+    checkpoint = load_checkpoint(out_dir / "ckpt.pt", require=("model", "model_config"))
+    try:
+        model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{out_dir / 'ckpt.pt'}: its model_config is invalid ({exc})"
+                              ) from None
+    load_weights(model, checkpoint["model"], out_dir / "ckpt.pt")
     if (out_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(out_dir / "tokenizer.json")
     elif checkpoint.get("tokenizer"):
