@@ -33,6 +33,8 @@ from checks.core import (
     combine_mistakes,
     diagnose_all,
     find_mistake,
+    fresh_case,
+    fresh_seed,
     passed,
     require,
     same_shape,
@@ -52,6 +54,11 @@ def _linear(d_in: int, d_out: int, seed: int, bias: bool = True) -> nn.Linear:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return nn.Linear(d_in, d_out, bias=bias)
+
+
+def _fresh_int(generator, low: int, high: int) -> int:
+    """An integer in [low, high), drawn with `generator`."""
+    return int(torch.randint(low, high, (), generator=generator))
 
 
 def _tiny_gpt(vocab_size: int, block_size: int, seed: int) -> GPT:
@@ -205,6 +212,25 @@ def check_lora_counts(lora_counts) -> None:
         assert trainable == _trainable_variant(config, rank, targets)
     _judge_trainable([a[0] for a in answers], wheres)
     _judge_total([a[1] for a in answers], wheres)
+    with fresh_case(fresh_seed()) as generator:  # a model and adapters no one knew in advance
+        n_head = _fresh_int(generator, 1, 9)
+        config = GPTConfig(vocab_size=_fresh_int(generator, 2, 60000), block_size=64,
+                           n_layer=_fresh_int(generator, 1, 25), n_head=n_head,
+                           n_embd=n_head * _fresh_int(generator, 2, 129))
+        rank = _fresh_int(generator, 1, 33)
+        chosen = torch.rand(len(LINEARS), generator=generator) < 0.5
+        chosen[_fresh_int(generator, 0, len(LINEARS))] = True  # at least one target
+        targets = tuple(name for name, keep in zip(LINEARS, chosen.tolist(), strict=True)
+                        if keep)
+        where = (f"lora_counts(n_layer={config.n_layer}, n_embd={config.n_embd}, "
+                 f"vocab_size={config.vocab_size}, rank={rank}, targets={targets})")
+        answer = _counts_of(call(lora_counts, copy.deepcopy(config), rank, targets), where)
+        with torch.device("meta"):
+            adapted = count_parameters(apply_lora(GPT(config), rank=rank, targets=targets))
+        expected = (adapted["trainable"], adapted["total"])
+        require(answer == expected, f"{where} = ({show(answer[0])}, {show(answer[1])}), but "
+                                    f"the adapted model has ({show(expected[0])}, "
+                                    f"{show(expected[1])}) (trainable, total)")
     passed("LoRA parameter counts, eq. (10.4)")
 
 
@@ -398,6 +424,20 @@ def check_instruction_batch(instruction_batch) -> None:
         if mistake:
             raise CheckFailed(f"{what}: you {mistake}")
         _first_difference(x, y, expected, examples, what)
+    with fresh_case(fresh_seed()) as generator:  # examples and a pad id no one knew in advance
+        def ids(low: int, high: int) -> list[int]:
+            return torch.randint(3, 250, (_fresh_int(generator, low, high),),
+                                 generator=generator).tolist()
+
+        examples = [(ids(1, 7), ids(0, 5) + [2]) for _ in range(_fresh_int(generator, 1, 4))]
+        pad_id = _fresh_int(generator, 0, 256)
+        what = f"instruction_batch for {examples} with pad_id={pad_id}"
+        x, y = _batch_of(call(instruction_batch, [(list(p), list(r)) for p, r in examples],
+                              pad_id), what)
+        expected = _mask_variant(examples, pad_id)
+        _same_batch_shape(x, y, expected, what)
+        if not (torch.equal(x, expected[0]) and torch.equal(y, expected[1])):
+            _first_difference(x, y, expected, examples, what)
     passed("instruction batch, eq. (10.1)")
 
 
@@ -548,30 +588,49 @@ def _forward_mistakes(x, W, b, A, B, rank, alpha) -> dict:
 
 def check_lora_layer(layer_class) -> None:
     """layer_class(base, rank, alpha): h = W x + b + (α/r)·B A x, base frozen, B = 0 (eq. 10.3)."""
-    for number, (d_in, d_out, rank, alpha, bias) in enumerate(LAYER_CASES):
-        base = _linear(d_in, d_out, seed=number, bias=bias)
-        W = base.weight.detach().clone()
-        b = None if base.bias is None else base.bias.detach().clone()
-        what = f"{layer_class.__name__}(nn.Linear({d_in}, {d_out}), rank={rank}, alpha={alpha})"
-        layer = _build(layer_class, base, rank, alpha, what)
-        A, B, inner = _parts(layer, what)
-        _check_shapes(A, B, d_in, d_out, rank, what)
-        _check_frozen(layer, A, B, inner, d_in, d_out, rank, what)
-        _check_init(A, B, what)
-        for shape in ((5, d_in), (2, 3, d_in)):
-            x = _seeded_randn(*shape, seed=10 + number)
-            with torch.no_grad():
-                close_or_diagnose(_forward(layer, x, what), F.linear(x, W, b),
-                                  f"the output of a fresh {what} (B = 0: it must equal the base "
-                                  "layer's)", _forward_mistakes(x, W, b, A.detach(),
-                                                                torch.zeros_like(B), rank, alpha))
-        A_fresh = A.detach().clone()
-        _check_trained(layer, A, B, base, W, b, rank, alpha, what, number)
-        with torch.no_grad():  # back to a fresh adapter: B = 0
-            A.copy_(A_fresh)
-            B.zero_()
-        _check_gradients(layer, A, B, inner, x, rank, alpha, what, number)
+    for number, case in enumerate(LAYER_CASES):
+        _check_lora_case(layer_class, number, *case)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a layer and an adapter no one knew in advance
+        _check_lora_case(layer_class, seed, *_fresh_layer_case(generator))
     passed("LoRA layer, eq. (10.3)")
+
+
+def _fresh_layer_case(generator) -> tuple[int, int, int, float, bool]:
+    """(d_in, d_out, rank, alpha, bias), with α ≠ r so that a missing α/r shows, and an α/r
+    unlike the fixed cases', so that a scale typed in from them shows too."""
+    typed = {alpha / rank for _, _, rank, alpha, _ in LAYER_CASES}
+    rank, alpha = 1, 1.0
+    while alpha == rank or alpha / rank in typed:
+        rank = _fresh_int(generator, 1, 6)
+        alpha = float(rank + _fresh_int(generator, 1, 16))
+    return (_fresh_int(generator, 2, 20), _fresh_int(generator, 2, 20), rank, alpha,
+            bool(_fresh_int(generator, 0, 2)))
+
+
+def _check_lora_case(layer_class, number, d_in, d_out, rank, alpha, bias) -> None:
+    base = _linear(d_in, d_out, seed=number, bias=bias)
+    W = base.weight.detach().clone()
+    b = None if base.bias is None else base.bias.detach().clone()
+    what = f"{layer_class.__name__}(nn.Linear({d_in}, {d_out}), rank={rank}, alpha={alpha})"
+    layer = _build(layer_class, base, rank, alpha, what)
+    A, B, inner = _parts(layer, what)
+    _check_shapes(A, B, d_in, d_out, rank, what)
+    _check_frozen(layer, A, B, inner, d_in, d_out, rank, what)
+    _check_init(A, B, what)
+    for shape in ((5, d_in), (2, 3, d_in)):
+        x = _seeded_randn(*shape, seed=10 + number)
+        with torch.no_grad():
+            close_or_diagnose(_forward(layer, x, what), F.linear(x, W, b),
+                              f"the output of a fresh {what} (B = 0: it must equal the base "
+                              "layer's)", _forward_mistakes(x, W, b, A.detach(),
+                                                            torch.zeros_like(B), rank, alpha))
+    A_fresh = A.detach().clone()
+    _check_trained(layer, A, B, base, W, b, rank, alpha, what, number)
+    with torch.no_grad():  # back to a fresh adapter: B = 0
+        A.copy_(A_fresh)
+        B.zero_()
+    _check_gradients(layer, A, B, inner, x, rank, alpha, what, number)
 
 
 def _check_gradients(layer, A, B, inner, x, rank, alpha, what, number) -> None:
@@ -675,15 +734,22 @@ def _the_weight(layer, weight: nn.Parameter, step: str, what: str) -> torch.Tens
 
 def check_merge(layer_class) -> None:
     """merge() folds (α/r)·BA into W (eq. 10.5); unmerge() restores W bit for bit."""
-    for number, (d_in, d_out, rank, alpha, bias) in enumerate(LAYER_CASES):
-        base = _linear(d_in, d_out, seed=number, bias=bias)
-        what = f"{layer_class.__name__}(nn.Linear({d_in}, {d_out}), rank={rank}, alpha={alpha})"
-        layer = _build_mergeable(layer_class, base, rank, alpha, what)
-        for name in ("merge", "unmerge"):
-            require(callable(getattr(layer, name, None)), f"{what} has no method {name}()")
-        A, B, _ = _parts(layer, what)
-        _check_merge_cycle(layer, A, B, base, rank, alpha, what, number)
+    for number, case in enumerate(LAYER_CASES):
+        _check_merge_case(layer_class, number, *case)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a layer and an adapter no one knew in advance
+        _check_merge_case(layer_class, seed, *_fresh_layer_case(generator))
     passed("merge and unmerge, eq. (10.5)")
+
+
+def _check_merge_case(layer_class, number, d_in, d_out, rank, alpha, bias) -> None:
+    base = _linear(d_in, d_out, seed=number, bias=bias)
+    what = f"{layer_class.__name__}(nn.Linear({d_in}, {d_out}), rank={rank}, alpha={alpha})"
+    layer = _build_mergeable(layer_class, base, rank, alpha, what)
+    for name in ("merge", "unmerge"):
+        require(callable(getattr(layer, name, None)), f"{what} has no method {name}()")
+    A, B, _ = _parts(layer, what)
+    _check_merge_cycle(layer, A, B, base, rank, alpha, what, number)
 
 
 def _check_merge_cycle(layer, A, B, base, rank, alpha, what, number) -> None:
@@ -814,28 +880,8 @@ def check_last_token(last_token_states) -> None:
         classifier = ft.GPTClassifier(model, labels=["a", "b"])
     answers, expecteds, mistakes, whats = [], [], [], []
     for number, (lengths, width) in enumerate(POOL_CASES):
-        idx = _pool_batch(lengths, width, seed=number)
-        with torch.no_grad():
-            hidden = model.hidden_states(idx.masked_fill(idx == PAD, 0))  # (B, T, C)
-            expected = classifier.pooled(idx)
-            alone = torch.stack([model.hidden_states(idx[b:b + 1, :n])[0, -1]
-                                 for b, n in enumerate(lengths)])  # no padding at all
-        torch.testing.assert_close(expected, alone)
-        what = f"last_token_states for sequences of lengths {lengths} padded to {width}"
-        try:
-            out = call(last_token_states, hidden.clone(), idx.clone())
-        except (IndexError, RuntimeError) as error:
-            if "index" not in str(error) and "bounds" not in str(error):
-                raise
-            raise CheckFailed(f"{what} failed: {error}. An index ran past the end: a sequence "
-                              "of n real tokens ends at index n − 1 (one of them fills the "
-                              "whole width)") from None
-        out = as_tensor(out, f"the result of {what}")
-        if tuple(out.shape) == (len(lengths), 1, hidden.size(-1)):
-            raise CheckFailed(f"{what} has shape {tuple(out.shape)}: one hidden state per "
-                              f"sequence, shape (B, C) = {tuple(expected.shape)}; index with "
-                              "hidden[rows, last] rather than a slice")
-        same_shape(out, expected, f"the result of {what}")
+        hidden, idx, expected, what = _pool_case(model, classifier, lengths, width, number)
+        out = _pooled_answer(last_token_states, hidden, idx, expected, lengths, what)
         answers.append(out.detach().to(expected.dtype))
         expecteds.append(expected)
         mistakes.append(_pool_mistakes(hidden, idx))
@@ -847,7 +893,46 @@ def check_last_token(last_token_states) -> None:
         if diagnosis is not None:
             raise CheckFailed(f"{what} is not right: {diagnosis}")
         close(out, expected, what)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # lengths and tokens no one knew in advance
+        width = _fresh_int(generator, 2, 9)
+        lengths = torch.randint(1, width + 1, (_fresh_int(generator, 1, 5),),
+                                generator=generator).tolist()
+        hidden, idx, expected, what = _pool_case(model, classifier, lengths, width, seed)
+        out = _pooled_answer(last_token_states, hidden, idx, expected, lengths, what)
+        close(out, expected, what)
     passed("last real token, eq. (10.2)")
+
+
+def _pool_case(model, classifier, lengths, width, seed):
+    """(hidden, idx, expected, what) for a batch of `lengths` padded to `width`."""
+    idx = _pool_batch(lengths, width, seed=seed)
+    with torch.no_grad():
+        hidden = model.hidden_states(idx.masked_fill(idx == PAD, 0))  # (B, T, C)
+        expected = classifier.pooled(idx)
+        alone = torch.stack([model.hidden_states(idx[b:b + 1, :n])[0, -1]
+                             for b, n in enumerate(lengths)])  # no padding at all
+    torch.testing.assert_close(expected, alone)
+    what = f"last_token_states for sequences of lengths {lengths} padded to {width}"
+    return hidden, idx, expected, what
+
+
+def _pooled_answer(last_token_states, hidden, idx, expected, lengths, what) -> torch.Tensor:
+    try:
+        out = call(last_token_states, hidden.clone(), idx.clone())
+    except (IndexError, RuntimeError) as error:
+        if "index" not in str(error) and "bounds" not in str(error):
+            raise
+        raise CheckFailed(f"{what} failed: {error}. An index ran past the end: a sequence "
+                          "of n real tokens ends at index n − 1 (one of them fills the "
+                          "whole width)") from None
+    out = as_tensor(out, f"the result of {what}")
+    if tuple(out.shape) == (len(lengths), 1, hidden.size(-1)):
+        raise CheckFailed(f"{what} has shape {tuple(out.shape)}: one hidden state per "
+                          f"sequence, shape (B, C) = {tuple(expected.shape)}; index with "
+                          "hidden[rows, last] rather than a slice")
+    same_shape(out, expected, f"the result of {what}")
+    return out
 
 
 # ---------------------------------------------------------------- eq. (10.6): ROUGE-L
@@ -984,4 +1069,20 @@ def check_rouge_l(rouge_l) -> None:
         raise CheckFailed(f"{message}: the words are {p} and {r}, their longest common "
                           f"subsequence has {_lcs(tuple(p), tuple(r))} words; then P, R and "
                           "2PR/(P + R), eq. (10.6)")
+    with fresh_case(fresh_seed()) as generator:  # two texts no one knew in advance
+        words = ["Return", "the", "list", "of", "keys", "file", "Close", "value", "x"]
+
+        def text() -> str:
+            picks = torch.randint(0, len(words), (_fresh_int(generator, 1, 9),),
+                                  generator=generator).tolist()
+            return " ".join(words[i] for i in picks) + "."
+
+        prediction, reference = text(), text()
+        what = f"rouge_l({prediction!r}, {reference!r})"
+        answer = as_number(call(rouge_l, prediction, reference), what)
+        expected = _rouge_variant(prediction, reference)
+        package = _rouge_score(prediction, reference)
+        assert package is None or math.isclose(package, expected, abs_tol=1e-12)
+        require(math.isclose(answer, expected, rel_tol=1e-6, abs_tol=1e-9),
+                f"{what} = {answer:.4g}, expected {expected:.4g}")
     passed("ROUGE-L, eq. (10.6)")

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails, unwritten
+from check_helpers import fails, rejects_remembered_answers, unwritten
 from torch import nn
 
 from checks import finetuning as check
@@ -163,7 +163,8 @@ def make_lora(scale="alpha/r", init_b="zero", init_a="random", freeze=True, layo
             super().__init__()
             self.base = base.requires_grad_(not freeze)
             self.s = {"alpha/r": alpha / rank, "none": 1.0, "alpha": alpha,
-                      "r/alpha": rank / alpha}[scale]
+                      "r/alpha": rank / alpha,
+                      "typed": 2.0 if rank == 4 else 1.5}[scale]  # the fixed layers' α/r
             d_in, d_out = base.in_features, base.out_features
             a_shape = {"right": (rank, d_in), "swapped": (d_out, rank),
                        "transposed": (d_in, rank)}[layout]
@@ -257,8 +258,8 @@ def test_lora_layer_explains_a_failing_forward_and_an_unwritten_class():
 # --------------------------------------------------------------------------- eq. (10.5)
 
 def make_mergeable(scale="alpha/r", restore="copy", guard=True, skip_update=True,
-                   in_place=True, no_grad=True, reset=True, tolerant=True):
-    class Mergeable(make_lora()):
+                   in_place=True, no_grad=True, reset=True, tolerant=True, lora_scale="alpha/r"):
+    class Mergeable(make_lora(scale=lora_scale)):
         saved = None
         merged = False
 
@@ -487,3 +488,23 @@ def test_rouge_l_other_mistakes():
     fails(check.check_rouge_l, lambda p, r: round(rouge_l(p, r), 1), "longest common "
           "subsequence has")
     fails(check.check_rouge_l, lambda p, r: None, "None")
+
+
+# --------------------------------------------------------------------------- fresh cases
+
+@pytest.mark.parametrize("check_function, typed_scale", [
+    (check.check_lora_layer, make_lora(scale="typed")),
+    (check.check_merge, make_mergeable(lora_scale="typed")),
+], ids=["lora_layer", "merge"])
+def test_layers_reject_a_scale_typed_in_from_the_fixed_examples(check_function, typed_scale):
+    fails(check_function, typed_scale, "drawn at random", "fixed examples", "alpha=")
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_lora_counts, lora_counts),
+    (check.check_instruction_batch, instruction_batch),
+    (check.check_last_token, last_token_states),
+    (check.check_rouge_l, rouge_l),
+], ids=["lora_counts", "instruction_batch", "last_token", "rouge_l"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
