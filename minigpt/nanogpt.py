@@ -108,6 +108,9 @@ def _not_nanogpt(path: Path, checkpoint) -> str:
     if isinstance(checkpoint, dict) and "model_config" in checkpoint:
         return (f"{path} is a minigpt training checkpoint, not a nanoGPT one; load its run "
                 "folder with minigpt.train.load_run(out_dir)")
+    if isinstance(checkpoint, dict) and {"model", "model_args"} <= set(checkpoint):
+        return (f"{path} is not a nanoGPT checkpoint: its 'model' must be a state dict of "
+                "tensors and its 'model_args' a dict")
     if isinstance(checkpoint, dict):
         keys = sorted(map(str, checkpoint))
         found = f"keys {keys[:6]}{' ...' if len(keys) > 6 else ''}"
@@ -194,8 +197,11 @@ def load_nanogpt(path, **overrides) -> GPT:
     dropout=0.1). The model comes back in training mode, like every freshly built module.
     """
     checkpoint = read_checkpoint(path)
-    config = config_from_nanogpt(checkpoint["model_args"], checkpoint["model"], **overrides)
-    state = state_dict_from_nanogpt(checkpoint["model"], config.n_layer)
+    try:
+        config = config_from_nanogpt(checkpoint["model_args"], checkpoint["model"], **overrides)
+        state = state_dict_from_nanogpt(checkpoint["model"], config.n_layer)
+    except (CheckpointError, ValueError, TypeError) as exc:  # name the file in the message
+        raise CheckpointError(f"{path}: {exc}") from None
     if config.tie_weights or "lm_head.weight" not in state:
         state["lm_head.weight"] = state["token_emb.weight"]
     model = GPT(config)

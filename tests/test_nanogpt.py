@@ -252,8 +252,9 @@ def test_inconsistent_or_modified_model_args(tmp_path):
     args = model_args()
     model = NanoGPTLayout(args)
     path = save_like_nanogpt(model, dict(args, n_embd=64), tmp_path / "ckpt.pt")
-    with pytest.raises(CheckpointError, match="n_embd=64 but the weights have n_embd=32"):
+    with pytest.raises(CheckpointError, match="n_embd=64 but the weights have n_embd=32") as exc:
         load_nanogpt(path)
+    assert str(exc.value).startswith(str(path))
     path = save_like_nanogpt(model, dict(args, use_rmsnorm=True), tmp_path / "fork.pt")
     with pytest.raises(CheckpointError, match="use_rmsnorm"):
         load_nanogpt(path)
