@@ -34,6 +34,8 @@ from checks.core import (
     combine_mistakes,
     diagnose_all,
     find_mistake,
+    fresh_case,
+    fresh_seed,
     passed,
     require,
     show,
@@ -67,6 +69,16 @@ def _quiet_transformers(transformers):
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
+
+
+def _fresh_int(generator, low: int, high: int) -> int:
+    """An integer in [low, high), drawn with `generator`."""
+    return int(torch.randint(low, high, (), generator=generator))
+
+
+def _pick(generator, items: list):
+    """One of `items`, drawn with `generator`."""
+    return items[_fresh_int(generator, 0, len(items))]
 
 
 def _random_gpt(seed: int, **sizes) -> GPT:
@@ -166,6 +178,20 @@ def check_bits_per_byte(bits_per_byte) -> None:
             raise CheckFailed(f"{message}: you {mistake}")
         raise CheckFailed(f"{message}: bits per byte = (loss / ln 2) × N_tokens / N_bytes, with "
                           "N_bytes = len(text.encode('utf-8'))")
+    with fresh_case(fresh_seed()) as generator:  # a loss and a text no one knew in advance
+        from minigpt.tokenizer import gpt2_tokenizer
+
+        words = ["the", "cat", "def", "return", "Café", "naïve", "東京", "😀", "x = 1", "\n"]
+        text = " ".join(_pick(generator, words) for _ in range(_fresh_int(generator, 2, 20)))
+        loss = round(0.5 + 7 * float(torch.rand((), generator=generator)), 4)
+        tokens = gpt2_tokenizer().encode(text)
+        sizes = (len(tokens), len(text.encode("utf-8")), len(text))
+        what = (f"bits_per_byte(loss={loss}, {len(tokens)} gpt2 tokens, the text {text!r} of "
+                f"{sizes[1]} bytes)")
+        answer = as_number(call(bits_per_byte, loss, list(tokens), text), what)
+        expected = _bpb_variant(loss, *sizes)
+        require(math.isclose(answer, expected, rel_tol=1e-5),
+                f"{what} = {answer:.4g}, expected {expected:.4g}")
     passed("bits per byte, eq. (11.2)")
 
 
@@ -319,19 +345,12 @@ def check_greedy_answer(greedy_answer) -> None:
     """greedy_answer(model, prompt, end, max_new_tokens) -> the answer's ids, eq. (11.3)."""
     answers, tables, cases = [], [], []
     for seed, prompt, max_new_tokens, where in GREEDY_CASES:
-        model = _random_gpt(seed, **GREEDY_SIZES)
-        end = _end_token(_argmax_path(model, prompt, max_new_tokens), where,
-                         GREEDY_SIZES["vocab_size"])
-        expected = _argmax_path(model, prompt, max_new_tokens, end)
-        _greedy_references(model, prompt, max_new_tokens, end, expected)
-        what = (f"greedy_answer(model, a prompt of {len(prompt)} token"
-                f"{'s' if len(prompt) > 1 else ''}, end={end}, max_new_tokens={max_new_tokens})")
-        with _NoGenerate(model), torch.no_grad():
-            answer = _as_ids(call(greedy_answer, model, list(prompt), end, max_new_tokens),
-                             f"{what}'s result")
+        case = _greedy_case(seed, prompt, max_new_tokens, where)
+        what, model, prompt, max_new_tokens, end, expected = case
+        answer = _greedy_of(greedy_answer, model, prompt, end, max_new_tokens, what)
         answers.append(answer)
         tables.append(_greedy_mistakes(model, prompt, max_new_tokens, end, expected))
-        cases.append((what, model, prompt, max_new_tokens, end, expected))
+        cases.append(case)
     for answer, (what, model, prompt, max_new_tokens, end, expected) in zip(answers, cases,
                                                                               strict=True):
         if answer == expected:
@@ -340,7 +359,36 @@ def check_greedy_answer(greedy_answer) -> None:
         if diagnosis is not None:
             raise CheckFailed(f"{what} = {answer}, expected {expected}: {diagnosis}")
         raise CheckFailed(_first_wrong_step(model, prompt, answer, max_new_tokens, end, what))
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a model, a prompt and an end no one knew in advance
+        prompt = torch.randint(0, GREEDY_SIZES["vocab_size"], (_fresh_int(generator, 1, 8),),
+                               generator=generator).tolist()
+        where = _pick(generator, ["never", "first", "after 1", "after 2", "after 3"])
+        what, model, prompt, max_new_tokens, end, expected = _greedy_case(
+            seed, prompt, _fresh_int(generator, 1, 15), where)
+        answer = _greedy_of(greedy_answer, model, prompt, end, max_new_tokens, what)
+        if answer != expected:
+            raise CheckFailed(_first_wrong_step(model, prompt, answer, max_new_tokens, end,
+                                                what))
     passed("greedy answers, eq. (11.3) (== GPT.generate, generate_response and transformers)")
+
+
+def _greedy_case(seed: int, prompt: list[int], max_new_tokens: int, where: str):
+    """(what, model, prompt, max_new_tokens, end, expected answer) of one greedy case."""
+    model = _random_gpt(seed, **GREEDY_SIZES)
+    end = _end_token(_argmax_path(model, prompt, max_new_tokens), where,
+                     GREEDY_SIZES["vocab_size"])
+    expected = _argmax_path(model, prompt, max_new_tokens, end)
+    _greedy_references(model, prompt, max_new_tokens, end, expected)
+    what = (f"greedy_answer(model, a prompt of {len(prompt)} token"
+            f"{'s' if len(prompt) > 1 else ''}, end={end}, max_new_tokens={max_new_tokens})")
+    return what, model, prompt, max_new_tokens, end, expected
+
+
+def _greedy_of(greedy_answer, model, prompt, end, max_new_tokens, what) -> list[int]:
+    with _NoGenerate(model), torch.no_grad():
+        return _as_ids(call(greedy_answer, model, list(prompt), end, max_new_tokens),
+                       f"{what}'s result")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,6 +476,19 @@ def check_exact_match(exact_match) -> None:
         raise CheckFailed(f"{message}: you {mistake}" if mistake else
                           f"{message}: normalise each text (strip its ends, then the end of each "
                           "line), compare, and return the share of equal pairs")
+    with fresh_case(fresh_seed()) as generator:  # answers no one knew in advance
+        words = ["None", "none", "True", "return x", "if a:\n    b", "'x'", "0"]
+        spaces = ["", " ", "  ", "\n", " \n"]
+        references = [_pick(generator, words) for _ in range(_fresh_int(generator, 2, 8))]
+        predictions = [_pick(generator, spaces) + (ref if bool(_fresh_int(generator, 0, 2))
+                                                   else _pick(generator, words))
+                       + _pick(generator, spaces) for ref in references]
+        what = f"exact_match({predictions!r}, {references!r})"
+        answer = as_number(call(exact_match, list(predictions), list(references)), what)
+        expected = ft.exact_match(predictions, references)
+        assert expected == _exact_variant(predictions, references)
+        require(math.isclose(answer, expected, abs_tol=1e-9),
+                f"{what} = {answer:.4g}, expected {expected:.4g}")
     _check_lengths_must_agree(exact_match)
     passed("exact match, eq. (11.4)")
 
@@ -528,7 +589,28 @@ def check_code_parses(code_parses) -> None:
     rate = sum(answers) / len(answers)
     prompts, bodies = [c[0] for c in PARSE_CASES], [c[1] for c in PARSE_CASES]
     assert math.isclose(rate, tasks.parse_rate(prompts, bodies))  # eq. (11.6): their share
+    with fresh_case(fresh_seed()) as generator:  # functions no one knew in advance
+        for _ in range(4):
+            prompt, body = _fresh_function(generator)
+            expected = tasks.code_parses(prompt, body)
+            assert expected == _parses_variant(prompt, body)
+            what = f"code_parses({prompt!r}, {body!r})"
+            answer = _as_bool(call(code_parses, prompt, body), what)
+            require(answer == expected, f"{what} is {answer}, expected {expected}")
     passed("code_parses, the indicator of eq. (11.6)")
+
+
+def _fresh_function(generator) -> tuple[str, str]:
+    """A made-up function header with a docstring, and a body that may or may not parse."""
+    name = "".join(_pick(generator, list("abcdefgh")) for _ in range(6))
+    arg = _pick(generator, ["x", "items", "path", "n"])
+    prompt = (f"{_pick(generator, ['def', 'async def'])} {name}({arg}):\n"
+              f'    """Return something about {arg}."""')
+    body = _pick(generator, [f"    return {arg}", f"    return [{arg}]", f"    if {arg}:\n"
+                             f"        return {arg}\n    return None", f"return {arg}",
+                             f"    return ({arg}", "", f"    return {arg}\n{name}(1)",
+                             f"    yield {arg}", f"    return {arg} +"])
+    return prompt, body
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,14 +642,28 @@ MADE_UP = [
 ]
 
 
-def _made_up_functions():
+def _made_up_functions(made_up=MADE_UP):
     from minigpt import tasks
 
     return [tasks.Function(module=_module_in(split, number), qualname=qualname, lineno=line,
                            header=f"def {qualname.rsplit('.', 1)[-1]}(self):",
                            docstring=f'"""{summary}"""' if summary else "", summary=summary,
                            body="    pass", defaults=())
-            for line, (split, number, qualname, summary) in enumerate(MADE_UP, 1)]
+            for line, (split, number, qualname, summary) in enumerate(made_up, 1)]
+
+
+def _fresh_made_up(generator) -> list[tuple]:
+    """Made-up functions like MADE_UP, in splits, names and summaries no one knew in advance."""
+    names = ["read", "write", "Stream.close", "_helper", "Parser.__init__", "get", "Cache.clear",
+             "fetch_page", "open_file", "Queue.put"]
+    words = ["Read", "the", "file", "a", "value", "of", "every", "key", "page"]
+    made_up = []
+    for _ in range(_fresh_int(generator, 4, 14)):
+        summary = " ".join(_pick(generator, words) for _ in range(_fresh_int(generator, 0, 5)))
+        made_up.append((_pick(generator, ["train", "train", "val", "test"]),
+                        _fresh_int(generator, 0, 3), _pick(generator, names),
+                        summary + "." if summary else ""))
+    return made_up
 
 
 def _name(function) -> str:
@@ -751,6 +847,19 @@ def check_name_task(build_name_task, majority_baseline) -> None:
     require(all(data[split] for split in tasks.SPLITS), "every split should hold examples")
     _check_baseline(majority_baseline, data["train"], data["test"],
                     "majority_baseline on your task's train and test splits")
+    with fresh_case(fresh_seed()) as generator:  # functions and answers no one knew in advance
+        made_up = _fresh_made_up(generator)
+        _check_task(build_name_task, _made_up_functions(made_up),
+                    f"build_name_task({len(made_up)} made-up functions drawn at random)")
+        names = ["open", "read", "clear", "put", "write"]  # not the fixed examples' majority
+        train = [_pick(generator, names) for _ in range(_fresh_int(generator, 1, 12))]
+        while Counter(train).most_common(2)[-1][1] == Counter(train).most_common(1)[0][1] \
+                and len(set(train)) > 1:  # a tie for the majority: add one more vote
+            train.append(Counter(train).most_common(1)[0][0])
+        test = [_pick(generator, names) for _ in range(_fresh_int(generator, 1, 8))]
+        _check_baseline(majority_baseline, _examples(train, "train"), _examples(test, "test"),
+                        f"majority_baseline({len(train)} training examples, {len(test)} test "
+                        "examples)")
     passed("a task from the standard library (split by module) and its majority baseline")
 
 
@@ -859,22 +968,36 @@ def _hf_agrees(state: dict, model: GPT) -> None:
 
 def check_export(export_state_dict) -> None:
     """export_state_dict(model) -> {GPT-2 name: tensor} that GPT2LMHeadModel loads, eq. 11.7."""
+    model = _random_gpt(3, **EXPORT_SIZES)
+    _hf_agrees(_check_export_case(export_state_dict, model), model)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a model no one knew in advance
+        n_head = _fresh_int(generator, 1, 4)
+        sizes = dict(vocab_size=_fresh_int(generator, 50, 300), block_size=16,
+                     n_layer=_pick(generator, [1, 3, 4]), n_head=n_head,  # not the fixed 2
+                     n_embd=n_head * _fresh_int(generator, 2, 9))
+        _check_export_case(export_state_dict, _random_gpt(seed, **sizes))
+    passed("export to GPT-2's layout, eq. (11.7) (== minigpt.hf; GPT2LMHeadModel and "
+           "transformers.pipeline agree)")
+
+
+def _check_export_case(export_state_dict, model: GPT) -> dict:
+    """The learner's export of `model`, once it equals minigpt.hf's tensor for tensor."""
     from minigpt.hf import state_dict_to_hf
 
-    model = _random_gpt(3, **EXPORT_SIZES)
     expected, ours = state_dict_to_hf(model), model.state_dict()
+    c = model.config
+    what = (f"export_state_dict(model with n_layer={c.n_layer}, n_embd={c.n_embd}, "
+            f"vocab_size={c.vocab_size})")
     with torch.no_grad():
-        state = _as_state(call(export_state_dict, model), "export_state_dict(model)")
+        state = _as_state(call(export_state_dict, model), what)
     problem = _names_problem(state, expected)
-    require(problem is None, f"export_state_dict(model): {problem}")
+    require(problem is None, f"{what}: {problem}")
     if "lm_head.weight" in state:
         require(torch.equal(state["lm_head.weight"].detach().cpu(), expected[
             "transformer.wte.weight"]), "lm_head.weight should be the token embedding (tied)")
     for name, right in expected.items():
         problem = _tensor_problem(name, state[name], right, ours)
-        require(problem is None, f"export_state_dict(model): {problem}")
-        close(state[name].detach().cpu(), right, f"export_state_dict(model)[{name!r}]", atol=0,
-              rtol=0)
-    _hf_agrees(state, model)
-    passed("export to GPT-2's layout, eq. (11.7) (== minigpt.hf; GPT2LMHeadModel and "
-           "transformers.pipeline agree)")
+        require(problem is None, f"{what}: {problem}")
+        close(state[name].detach().cpu(), right, f"{what}[{name!r}]", atol=0, rtol=0)
+    return state

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
-from check_helpers import unwritten
+from check_helpers import FRESH_CASE_WORDS, rejects_remembered_answers, unwritten
 
 from checks import applications as check
 from checks.core import CheckFailed
@@ -379,3 +379,34 @@ def test_export_says_how_far_off_new_numbers_are():
         return out
 
     fails(check.check_export, noisy, ["transformer.h.1.mlp.c_fc.bias", "largest difference"])
+
+
+# --- every check: answers remembered for the fixed examples are not enough ---------------------
+
+
+def test_name_task_rejects_a_baseline_typed_in_from_the_fixed_examples():
+    def typed(train, test):  # right on the standard library, "close" for any small example
+        return majority_baseline(train, test) if len(train) > 100 else ["close"] * len(test)
+
+    fails(check.check_name_task, build_name_task, typed, FRESH_CASE_WORDS[:2])
+
+
+def test_export_rejects_a_depth_hard_coded_from_the_fixed_model():
+    def two_blocks(model):
+        model.config.n_layer, depth = 2, model.config.n_layer  # the fixed model's depth
+        try:
+            return export(model)
+        finally:
+            model.config.n_layer = depth
+
+    fails(check.check_export, two_blocks, ["drawn at random", "missing"])
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_bits_per_byte, bits_per_byte),
+    (check.check_greedy_answer, greedy),
+    (check.check_exact_match, exact_match),
+    (check.check_code_parses, code_parses),
+], ids=["bits_per_byte", "greedy_answer", "exact_match", "code_parses"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
