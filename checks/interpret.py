@@ -22,6 +22,8 @@ from checks.core import (
     call,
     close,
     diagnose_all,
+    fresh_case,
+    fresh_seed,
     passed,
     require,
     same_shape,
@@ -37,6 +39,11 @@ def _seeded_randn(*shape, seed: int) -> torch.Tensor:
 
 def _seeded_ids(*shape, seed: int) -> torch.Tensor:
     return torch.randint(VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _fresh_int(generator, low: int, high: int) -> int:
+    """An integer in [low, high), drawn with `generator`."""
+    return int(torch.randint(low, high, (), generator=generator))
 
 
 def random_gpt(seed: int = 0, **config):
@@ -108,30 +115,40 @@ HEAD_CASES = [
 
 def check_head_attention(head_attention) -> None:
     """head_attention(block, h, head) == softmax(QKᵀ/√d + M) of one head, from LN₁(h)."""
+    cases = [_head_case(head_attention, number, *case) for number, case in enumerate(HEAD_CASES)]
+    _judge(cases)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a model, a head and tokens no one knew in advance
+        config = {"n_head": (1, 2, 4)[_fresh_int(generator, 0, 3)],
+                  "pos_encoding": ("learned", "rope")[_fresh_int(generator, 0, 2)]}
+        about = f"{config['n_head']} head(s) and {config['pos_encoding']} positions"
+        layer, head = _fresh_int(generator, 0, 2), _fresh_int(generator, 0, config["n_head"])
+        B, T = _fresh_int(generator, 1, 4), _fresh_int(generator, 1, BLOCK_SIZE + 1)
+        _judge([_head_case(head_attention, seed, about, config, layer, head, B, T)])
+    passed("head_attention")
+
+
+def _head_case(head_attention, seed, about, config, layer, head, B, T) -> tuple:
+    """(what, answer, expected, mistakes) for one head of a random model."""
     from minigpt.interpret import attention_maps, residual_stream
 
-    cases = []
-    for number, (about, config, layer, head, B, T) in enumerate(HEAD_CASES):
-        model = random_gpt(seed=number, **config)
-        idx = _seeded_ids(B, T, seed=10 + number)
-        h = residual_stream(model, idx)[layer]  # (B, T, C): the stream entering block `layer`
-        block = model.blocks[layer]
-        with torch.no_grad():
-            answer = _run_matmul(head_attention, block, h.clone(), head)
-            expected = attention_maps(model, idx)[layer][:, head]  # (B, T, T)
-            torch.testing.assert_close(_head_map(block, h, head), expected)  # by hand
-            if block.attn.rotary is None:
-                torch.testing.assert_close(_torch_map(block, h, head), expected)
-            what = (f"head_attention(model.blocks[{layer}], h, head={head}) for a model with "
-                    f"{about}, h of shape {tuple(h.shape)}")
-            n_head = block.attn.n_head
-            require(not (isinstance(answer, torch.Tensor) and tuple(answer.shape) == (
-                B, n_head, T, T) and n_head != T), f"{what} has shape {tuple(answer.shape)}: "
-                    "that is every head's map; return head `head`'s only, (B, T, T)")
-            cases.append((what, as_tensor(answer, what), expected,
-                          _head_mistakes(block, h, head)))
-    _judge(cases)
-    passed("head_attention")
+    model = random_gpt(seed=seed, **config)
+    idx = _seeded_ids(B, T, seed=10 + seed)
+    h = residual_stream(model, idx)[layer]  # (B, T, C): the stream entering block `layer`
+    block = model.blocks[layer]
+    with torch.no_grad():
+        answer = _run_matmul(head_attention, block, h.clone(), head)
+        expected = attention_maps(model, idx)[layer][:, head]  # (B, T, T)
+        torch.testing.assert_close(_head_map(block, h, head), expected)  # by hand
+        if block.attn.rotary is None:
+            torch.testing.assert_close(_torch_map(block, h, head), expected)
+        what = (f"head_attention(model.blocks[{layer}], h, head={head}) for a model with "
+                f"{about}, h of shape {tuple(h.shape)}")
+        n_head = block.attn.n_head
+        require(not (isinstance(answer, torch.Tensor) and tuple(answer.shape) == (
+            B, n_head, T, T) and n_head != T), f"{what} has shape {tuple(answer.shape)}: "
+                "that is every head's map; return head `head`'s only, (B, T, T)")
+        return what, as_tensor(answer, what), expected, _head_mistakes(block, h, head)
 
 
 def _torch_map(block, h, head) -> torch.Tensor:
@@ -226,31 +243,44 @@ LENS_CASES = [
 
 def check_lens_logits(lens_logits) -> None:
     """lens_logits(model, h) == the model's readout of the stream h: LN_f(h), then the head."""
-    from minigpt.interpret import logit_lens, residual_stream
-
     cases = []
     for number, (about, config, layers) in enumerate(LENS_CASES):
-        model = random_gpt(seed=20 + number, **config)
-        idx = _seeded_ids(2, 6, seed=30 + number)
-        states, lens = residual_stream(model, idx), logit_lens(model, idx)
-        with torch.no_grad():
-            own_logits = model(idx)[0]
-            for layer in layers:
-                h = states[layer]  # (B, T, C) after `layer` blocks (0: the embedding)
-                expected = lens[layer]  # (B, T, V)
-                reference = F.layer_norm(h, (N_EMBD,), model.ln_f.weight, model.ln_f.bias,
-                                         model.ln_f.eps) @ model.lm_head.weight.T
-                torch.testing.assert_close(reference, expected)
-                if layer == model.config.n_layer:
-                    torch.testing.assert_close(expected, own_logits)  # the model's own output
-                answer = _run_matmul(lens_logits, model, h.clone())
-                where = ("the embedding's output (before any block)" if layer == 0 else
-                         f"after block {layer - 1} (residual_stream(model, idx)[{layer}])")
-                what = f"lens_logits(model, h) for a model with {about}, h {where}"
-                cases.append((what, as_tensor(answer, what), expected,
-                              _lens_mistakes(model, h)))
+        cases += _lens_cases(lens_logits, 20 + number, about, config, layers, (2, 6))
     _judge(cases, rtol=1e-4, atol=1e-4)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a model and a stream no one knew in advance
+        tied = bool(_fresh_int(generator, 0, 2))
+        about = "tied weights" if tied else "an untied output head (tie_weights=False)"
+        shape = (_fresh_int(generator, 1, 4), _fresh_int(generator, 1, 12))
+        _judge(_lens_cases(lens_logits, seed, about, {"tie_weights": tied},
+                           (_fresh_int(generator, 0, 3),), shape), rtol=1e-4, atol=1e-4)
     passed("lens_logits")
+
+
+def _lens_cases(lens_logits, seed, about, config, layers, shape) -> list[tuple]:
+    """(what, answer, expected, mistakes) for the stream of each of `layers`."""
+    from minigpt.interpret import logit_lens, residual_stream
+
+    model = random_gpt(seed=seed, **config)
+    idx = _seeded_ids(*shape, seed=10 + seed)
+    states, lens = residual_stream(model, idx), logit_lens(model, idx)
+    cases = []
+    with torch.no_grad():
+        own_logits = model(idx)[0]
+        for layer in layers:
+            h = states[layer]  # (B, T, C) after `layer` blocks (0: the embedding)
+            expected = lens[layer]  # (B, T, V)
+            reference = F.layer_norm(h, (N_EMBD,), model.ln_f.weight, model.ln_f.bias,
+                                     model.ln_f.eps) @ model.lm_head.weight.T
+            torch.testing.assert_close(reference, expected)
+            if layer == model.config.n_layer:
+                torch.testing.assert_close(expected, own_logits)  # the model's own output
+            answer = _run_matmul(lens_logits, model, h.clone())
+            where = ("the embedding's output (before any block)" if layer == 0 else
+                     f"after block {layer - 1} (residual_stream(model, idx)[{layer}])")
+            what = f"lens_logits(model, h) for a model with {about}, h {where}"
+            cases.append((what, as_tensor(answer, what), expected, _lens_mistakes(model, h)))
+    return cases
 
 
 def _lens_mistakes(model, h) -> dict:
@@ -310,6 +340,20 @@ def check_completion_logprob(completion_logprob) -> None:
             f": {diagnosis}" if diagnosis else ": feed prompt + completion (without its last "
             "token), take the log-softmax, and add up log p of each completion token at the "
             "position just before it (eq. 12.4)"))
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a model, a prompt and a completion no one knew before
+        model = random_gpt(seed=seed)
+        n_prompt = _fresh_int(generator, 1, BLOCK_SIZE - 1)
+        prompt = "".join(chr(_fresh_int(generator, 32, 127)) for _ in range(n_prompt))
+        completion = "".join(chr(_fresh_int(generator, 32, 127))
+                             for _ in range(_fresh_int(generator, 1, BLOCK_SIZE - n_prompt + 1)))
+        expected = package_logprob(model, tokenizer, prompt, completion)
+        what = f"completion_logprob for prompt {prompt!r} and completion {completion!r}"
+        with torch.no_grad():
+            answer = as_number(call(completion_logprob, model, tokenizer.encode(prompt),
+                                    tokenizer.encode(completion)), what)
+        require(math.isclose(answer, expected, rel_tol=1e-4, abs_tol=1e-4),
+                f"{what} is {answer:.4f}, expected {expected:.4f}")
     passed("completion_logprob")
 
 
@@ -392,29 +436,52 @@ PROBE_CASES = [
 
 def check_probe(probe_accuracy) -> None:
     """probe_accuracy(train_x, train_y, test_x, test_y) -> (test accuracy, majority baseline)."""
+    for about, seed, n_classes, dim, train_counts, test_counts, spread in PROBE_CASES:
+        _check_probe_case(probe_accuracy, about, seed, n_classes, dim, train_counts,
+                          test_counts, spread, asserted=True)
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # data no one knew in advance, readable and not
+        def counts(n_classes, low, high):
+            return tuple(torch.randint(low, high, (n_classes,), generator=generator).tolist())
+
+        fixed_dims = {case[3] for case in PROBE_CASES}  # other shapes than the fixed cases'
+        n_classes, dim = _fresh_int(generator, 2, 5), _fresh_int(generator, 9, 14)
+        _check_probe_case(probe_accuracy, f"a property that is linearly readable ({n_classes} "
+                          f"classes, {dim} features, drawn at random)", seed, n_classes, dim,
+                          counts(n_classes, 20, 60), counts(n_classes, 10, 30), 1.0)
+        dim = 32
+        while dim in fixed_dims:
+            dim = _fresh_int(generator, 24, 40)
+        _check_probe_case(probe_accuracy, f"labels unrelated to the features (2 classes, {dim} "
+                          "features, drawn at random)", seed + 1, 2, dim, counts(2, 20, 30),
+                          counts(2, 60, 80), 0.0)
+    passed("probe (test accuracy against the majority baseline)")
+
+
+def _check_probe_case(probe_accuracy, about, seed, n_classes, dim, train_counts, test_counts,
+                      spread, asserted=False) -> None:
     from minigpt.interpret import train_linear_probe
 
-    for about, seed, n_classes, dim, train_counts, test_counts, spread in PROBE_CASES:
-        train_x, train_y, test_x, test_y = _probe_data(seed, n_classes, dim, train_counts,
-                                                       test_counts, spread)
-        baseline = (test_y == train_y.bincount().argmax()).float().mean().item()
-        reference = _lbfgs_probe(train_x, train_y, test_x, test_y)
+    train_x, train_y, test_x, test_y = _probe_data(seed, n_classes, dim, train_counts,
+                                                   test_counts, spread)
+    baseline = (test_y == train_y.bincount().argmax()).float().mean().item()
+    reference = _lbfgs_probe(train_x, train_y, test_x, test_y)
+    readable = spread > 0
+    if asserted:  # the fixed cases: the package and an independent probe agree on them
         with torch.random.fork_rng(devices=[]):  # the probe's initialisation draws numbers
             package = train_linear_probe(torch.cat([train_x, test_x]),
                                          torch.cat([train_y, test_y]))["test_accuracy"]
-        readable = spread > 0
         assert min(reference, package) > 0.9 if readable else max(reference, package) < 0.75
-        what = f"probe_accuracy on {about}"
-        result = call(probe_accuracy, train_x.clone(), train_y.clone(), test_x.clone(),
-                      test_y.clone())
-        require(isinstance(result, tuple | list) and len(result) == 2,
-                f"{what} should return two numbers, (test_accuracy, majority_baseline), got "
-                f"{type(result).__name__}")
-        accuracy = as_number(result[0], f"the test accuracy of {what}")
-        majority = as_number(result[1], f"the majority baseline of {what}")
-        _check_baseline(majority, baseline, train_y, test_y, n_classes, what)
-        _check_accuracy(accuracy, reference, baseline, readable, what)
-    passed("probe (test accuracy against the majority baseline)")
+    what = f"probe_accuracy on {about}"
+    result = call(probe_accuracy, train_x.clone(), train_y.clone(), test_x.clone(),
+                  test_y.clone())
+    require(isinstance(result, tuple | list) and len(result) == 2,
+            f"{what} should return two numbers, (test_accuracy, majority_baseline), got "
+            f"{type(result).__name__}")
+    accuracy = as_number(result[0], f"the test accuracy of {what}")
+    majority = as_number(result[1], f"the majority baseline of {what}")
+    _check_baseline(majority, baseline, train_y, test_y, n_classes, what)
+    _check_accuracy(accuracy, reference, baseline, readable, what)
 
 
 def _lbfgs_probe(train_x, train_y, test_x, test_y) -> float:
@@ -503,16 +570,10 @@ def check_knockout(knockout_increase) -> None:
     """knockout_increase(model, idx, targets, layer, head) == loss(head silenced) - loss."""
     model = random_gpt(seed=50, n_head=4)
     idx, targets = _seeded_ids(2, 12, seed=51), _seeded_ids(2, 12, seed=52)
-    before = {name: t.clone() for name, t in model.state_dict().items()}
     answers, tables, expected_values = [], [], []
     for layer, head in KNOCKOUT_CASES:
-        expected = _silenced_loss(model, idx, targets, layer, head) - _loss(model, idx, targets)
-        torch.testing.assert_close(expected, _zeroed_columns_loss(model, idx, targets, layer, head)
-                                   - _loss(model, idx, targets))
-        what = f"knockout_increase(model, idx, targets, layer={layer}, head={head})"
-        answer = _call_knockout(knockout_increase, model, idx, targets, layer, head, what)
-        _require_restored(model, before, what)
-        answers.append(as_number(answer, what))
+        answer, expected = _knockout_case(knockout_increase, model, idx, targets, layer, head)
+        answers.append(answer)
         tables.append(_knockout_mistakes(model, idx, targets, layer, head))
         expected_values.append(expected)
     for (layer, head), answer, expected in zip(KNOCKOUT_CASES, answers, expected_values,
@@ -526,7 +587,30 @@ def check_knockout(knockout_increase) -> None:
                                  "of the attention output (the columns h·d .. (h+1)·d - 1 of "
                                  "out_proj.weight), measure the loss, subtract the loss of the "
                                  "intact model"))
+    seed = fresh_seed()
+    with fresh_case(seed) as generator:  # a model, tokens and a head no one knew in advance
+        n_head = (2, 4, 8)[_fresh_int(generator, 0, 3)]
+        model = random_gpt(seed=seed, n_head=n_head)
+        shape = (_fresh_int(generator, 1, 4), _fresh_int(generator, 2, BLOCK_SIZE + 1))
+        idx, targets = _seeded_ids(*shape, seed=seed + 1), _seeded_ids(*shape, seed=seed + 2)
+        layer, head = _fresh_int(generator, 0, 2), _fresh_int(generator, 0, n_head)
+        answer, expected = _knockout_case(knockout_increase, model, idx, targets, layer, head)
+        require(math.isclose(answer, expected, rel_tol=1e-4, abs_tol=1e-5),
+                f"knockout_increase(..., layer={layer}, head={head}) in a model with {n_head} "
+                f"heads is {answer:.5f}, expected {expected:.5f}")
     passed("knockout_increase")
+
+
+def _knockout_case(knockout_increase, model, idx, targets, layer, head):
+    """(the learner's answer, the expected increase) for silencing one head."""
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    expected = _silenced_loss(model, idx, targets, layer, head) - _loss(model, idx, targets)
+    torch.testing.assert_close(expected, _zeroed_columns_loss(model, idx, targets, layer, head)
+                               - _loss(model, idx, targets))
+    what = f"knockout_increase(model, idx, targets, layer={layer}, head={head})"
+    answer = _call_knockout(knockout_increase, model, idx, targets, layer, head, what)
+    _require_restored(model, before, what)
+    return as_number(answer, what), expected
 
 
 def _call_knockout(knockout_increase, model, idx, targets, layer, head, what):

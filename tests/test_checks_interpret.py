@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails
+from check_helpers import FRESH_CASE_WORDS, fails, rejects_remembered_answers
 
 from checks import interpret as check
 from checks.core import diagnose_all
@@ -360,3 +360,24 @@ def test_queries_zeroed_is_named():
         return loss - base
 
     fails(check.check_knockout, queries, "queries", "evenly")
+
+
+# --- every check: answers remembered for the fixed examples are not enough ---------------------
+
+
+def test_probe_rejects_accuracies_typed_in_for_the_fixed_examples():
+    def typed(train_x, train_y, test_x, test_y):  # the right baseline, a remembered accuracy
+        baseline = (test_y == train_y.bincount().argmax()).float().mean().item()
+        return (0.98 if train_x.size(1) == 8 else baseline + 0.05), baseline
+
+    fails(check.check_probe, typed, *FRESH_CASE_WORDS)
+
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_head_attention, head_attention),
+    (check.check_lens_logits, lambda model, h: model.lm_head(model.ln_f(h))),
+    (check.check_completion_logprob, completion_logprob),
+    (check.check_knockout, knockout_increase),
+], ids=["head_attention", "lens_logits", "completion_logprob", "knockout"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
