@@ -27,8 +27,11 @@ from checks.core import (
     close,
     combine_mistakes,
     find_mistake,
+    fresh_case,
+    fresh_seed,
     matches,
     passed,
+    require,
     same_shape,
     show,
 )
@@ -38,6 +41,12 @@ from minigpt.metrics import mfu
 from minigpt.model import GPT, GPT2_SIZES, GPTConfig
 from minigpt.platform import PEAK_FLOPS
 from minigpt.train import TrainConfig, Trainer
+
+
+def _fresh_int(generator, low: int, high: int) -> int:
+    """An integer in [low, high), drawn with `generator`."""
+    return int(torch.randint(low, high, (), generator=generator))
+
 
 # ------------------------------------------------------------------ eq. (13.2): float formats
 
@@ -111,6 +120,21 @@ def check_float_format(float_format) -> None:
                     raise CheckFailed(f"{message}: you {why} (eq. 13.2)")
             raise CheckFailed(f"{message} ({value / expected:.4g} times it); build it from "
                               "eq. (13.2)")
+    with fresh_case(fresh_seed()) as generator:  # a format no one knew in advance
+        fixed = {(E, p) for _, E, p in FORMATS.values()}
+        E, p = 8, 23
+        while (E, p) in fixed:
+            E, p = _fresh_int(generator, 2, 12), _fresh_int(generator, 1, 53)
+        what = f"float_format(E={E}, p={p})"
+        result = call(float_format, E, p)
+        if not (isinstance(result, (tuple, list)) and len(result) == 3):
+            raise CheckFailed("float_format should return three numbers: "
+                              "(largest, smallest_normal, eps)")
+        for part, value, expected in zip(("the largest value", "the smallest normal value",
+                                          "eps"), result, _right_format(E, p), strict=True):
+            value = as_number(value, f"{part} of {what}")
+            require(math.isclose(value, expected, rel_tol=1e-12),
+                    f"{part} of {what} is {value:.6g}, expected {expected:.6g} (eq. 13.2)")
     passed("float formats from their bits, eq. (13.2)")
 
 
@@ -187,6 +211,18 @@ def check_max_context(max_explicit_context) -> None:
         if mistake:
             raise CheckFailed(f"{message}: you {mistake} (eq. 13.4)")
         raise CheckFailed(message + "; solve L·2·B·h·T²·s ≤ memory for T, eq. (13.4)")
+    with fresh_case(fresh_seed()) as generator:  # a GPU and a model no one knew in advance
+        case = (_fresh_int(generator, 10**6, 10**11), _fresh_int(generator, 1, 65),
+                _fresh_int(generator, 1, 33), _fresh_int(generator, 1, 49),
+                (1, 2, 4)[_fresh_int(generator, 0, 3)])
+        memory, B, h, L, s = case
+        what = f"max_explicit_context({show(memory)}, B={B}, h={h}, L={L}, s={s})"
+        answer = call(max_explicit_context, *case)
+        expected = _context_variant(case, 2, "L", "B", "h", "s", "floor")
+        assert _explicit_bytes(expected, *case[1:]) <= memory < _explicit_bytes(expected + 1,
+                                                                               *case[1:])
+        require(answer == expected, f"{what} = {answer!r}, but T = {expected:,} is the "
+                                    "largest that fits (eq. 13.4)")
     passed("longest context for explicit attention, eq. (13.4)")
 
 
@@ -255,6 +291,16 @@ def check_accum_steps(grad_accum_steps) -> None:
                     for why, choice in combine_mistakes(ACCUM_KNOBS))
         mistake = find_mistake(answers, variants, rtol=1e-12)
         raise CheckFailed(f"{message}; you {mistake}" if mistake else message)
+    with fresh_case(fresh_seed()) as generator:  # a run no one knew in advance
+        R, b, T, k = _fresh_accum_case(generator)
+        what = f"grad_accum_steps({R * k * b * T:,}, b={b}, T={T}, R={R})"
+        try:
+            answer = call(grad_accum_steps, R * k * b * T, b, T, R)
+        except ValueError as error:
+            raise CheckFailed(f"{what} raised ValueError ({error}), but the tokens split "
+                              "evenly here") from None
+        expected = _package_accum_steps(R * k * b * T, b, T, R)
+        require(answer == expected, f"{what} = {answer!r}, expected {expected}")
     for case in ACCUM_INVALID:
         total, b, T, R = case
         try:
@@ -266,7 +312,26 @@ def check_accum_steps(grad_accum_steps) -> None:
             f"{total:,} tokens are not a whole number of micro-batches of R·b·T = "
             f"{R * b * T:,} tokens: raise ValueError, as minigpt's Trainer does, instead of "
             "silently training with another global batch")
+    with fresh_case(fresh_seed()) as generator:  # a batch that does not split, unforeseen
+        R, b, T, k = _fresh_accum_case(generator)
+        total = R * k * b * T + T  # one sequence too many
+        try:
+            answer = call(grad_accum_steps, total, b, T, R)
+        except ValueError:
+            answer = None
+        require(answer is None, f"grad_accum_steps({total:,}, b={b}, T={T}, R={R}) returned "
+                                f"{answer!r}; raise ValueError: {total:,} tokens are not a "
+                                f"whole number of micro-batches of R·b·T = {R * b * T:,}")
     passed("gradient-accumulation steps for R GPUs, eq. (13.6)")
+
+
+def _fresh_accum_case(generator) -> tuple[int, int, int, int]:
+    """(R, b, T, k) of a run no one knew in advance, with R·b ≥ 2 so one more sequence does not
+    split evenly."""
+    R, b = 1, 1
+    while R * b < 2:
+        R, b = 2 ** _fresh_int(generator, 0, 6), _fresh_int(generator, 1, 33)
+    return R, b, 2 ** _fresh_int(generator, 4, 12), _fresh_int(generator, 1, 65)
 
 
 # ------------------------------------------------------------------ eq. (8.5): MFU
@@ -330,6 +395,19 @@ def check_mfu(model_flops_utilisation) -> None:
             raise CheckFailed(f"{message}: you {mistake}")
         raise CheckFailed(f"{message} ({answer / expected:.4g} times it): MFU = FLOPs per "
                           "token (eq. 7.6) × tokens/s ÷ peak FLOP/s, eq. (8.5)")
+    with fresh_case(fresh_seed()) as generator:  # a run no one knew in advance
+        L, C = _fresh_int(generator, 1, 49), 64 * _fresh_int(generator, 1, 33)
+        case = (_fresh_int(generator, 1000, 10**6), L, C, _fresh_int(generator, 256, 60000),
+                2 ** _fresh_int(generator, 6, 13), _fresh_int(generator, 10, 2000))
+        tokens_per_s, L, C, V, T, peak = case
+        what = "model_flops_utilisation({:,}, L={}, C={}, V={}, T={}, peak={} TFLOP/s)".format(
+            *case)
+        answer = as_number(call(model_flops_utilisation, *case), what)
+        with torch.device("meta"):
+            model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=4, n_embd=C))
+        expected = mfu(model.flops_per_token(T), tokens_per_s, peak * 1e12)
+        require(math.isclose(answer, expected, rel_tol=1e-9),
+                f"{what} = {answer:.6g}, expected {expected:.6g}")
     passed("MFU from tokens per second, eq. (8.5)")
 
 
@@ -384,6 +462,17 @@ def check_training_hours(training_hours) -> None:
             raise CheckFailed(f"{message}: you {mistake}")
         raise CheckFailed(f"{message} ({answer / expected:.4g} times it): t = 6ND / "
                           "(R·MFU·P), eq. (13.10)")
+    with fresh_case(fresh_seed()) as generator:  # a run no one knew in advance
+        N = float(_fresh_int(generator, 10**6, 10**12))
+        D, R = 20 * N * float(torch.rand((), generator=generator) + 0.5), _fresh_int(
+            generator, 1, 4097)
+        u = round(0.1 + 0.5 * float(torch.rand((), generator=generator)), 3)
+        P = float(_fresh_int(generator, 10, 2000)) * 1e12
+        what = f"training_hours(N={N:.4g}, D={D:.4g}, R={R}, mfu={u}, peak={P:.3g})"
+        answer = as_number(call(training_hours, N, D, R, u, P), what)
+        expected = 6 * N * D / (R * u * P) / 3600
+        require(math.isclose(answer, expected, rel_tol=1e-9),
+                f"{what} = {answer:.6g}, expected {expected:.6g} hours")
     passed("training time, eqs. (13.9)-(13.10)")
 
 
@@ -481,26 +570,36 @@ def check_online_attention(online_attention) -> None:
     """online_attention(q, k, v, block) -> (output, lse): causal attention over key blocks by
     the online softmax, eq. (13.5), and the log-sum-exp m + log ℓ of every query."""
     for q, k, v, block in _online_cases():
-        result = call(online_attention, q.clone(), k.clone(), v.clone(), block)
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise CheckFailed("online_attention should return two tensors: (output, lse)")
-        out, lse = (as_tensor(x, name) for x, name in zip(result, ("the output", "lse"),
-                                                          strict=True))
-        what = f"the output for key blocks of {block} (T = {q.size(-2)})"
-        expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # PyTorch's kernel
-        if not torch.allclose(expected, scaled_dot_product_attention(q, k, v, is_causal=True)):
-            raise RuntimeError("minigpt and PyTorch disagree on causal attention")
-        same_shape(out, expected, what)
-        if not torch.allclose(out.double(), expected, rtol=1e-5, atol=1e-7):
-            for why, choice in combine_mistakes(ONLINE_KNOBS):
-                if why and torch.allclose(out.double(), _online_variant(q, k, v, block,
-                                                                        **choice)[0],
-                                          rtol=1e-5, atol=1e-7):
-                    raise CheckFailed(f"{what} is not attention: you {why} (eq. 13.5)")
-            close(out.double(), expected, what + " (against F.scaled_dot_product_attention)",
-                  rtol=1e-5, atol=1e-7)
-        _check_lse(lse, q, k, block)
+        _check_online_case(online_attention, q, k, v, block)
+    with fresh_case(fresh_seed()) as generator:  # queries, keys and a block no one knew before
+        B, h, T, d = (_fresh_int(generator, 1, 3), _fresh_int(generator, 1, 3),
+                      _fresh_int(generator, 2, 30), 2 * _fresh_int(generator, 1, 9))
+        q, k, v = (torch.randn(B, h, T, d, generator=generator, dtype=torch.float64)
+                   for _ in range(3))
+        _check_online_case(online_attention, q, k, v, _fresh_int(generator, 1, T + 1))
     passed("online softmax attention, eq. (13.5)")
+
+
+def _check_online_case(online_attention, q, k, v, block) -> None:
+    result = call(online_attention, q.clone(), k.clone(), v.clone(), block)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise CheckFailed("online_attention should return two tensors: (output, lse)")
+    out, lse = (as_tensor(x, name) for x, name in zip(result, ("the output", "lse"),
+                                                      strict=True))
+    what = f"the output for key blocks of {block} (T = {q.size(-2)})"
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # PyTorch's kernel
+    if not torch.allclose(expected, scaled_dot_product_attention(q, k, v, is_causal=True)):
+        raise RuntimeError("minigpt and PyTorch disagree on causal attention")
+    same_shape(out, expected, what)
+    if not torch.allclose(out.double(), expected, rtol=1e-5, atol=1e-7):
+        for why, choice in combine_mistakes(ONLINE_KNOBS):
+            if why and torch.allclose(out.double(), _online_variant(q, k, v, block,
+                                                                    **choice)[0],
+                                      rtol=1e-5, atol=1e-7):
+                raise CheckFailed(f"{what} is not attention: you {why} (eq. 13.5)")
+        close(out.double(), expected, what + " (against F.scaled_dot_product_attention)",
+              rtol=1e-5, atol=1e-7)
+    _check_lse(lse, q, k, block)
 
 
 def _check_lse(lse, q, k, block) -> None:

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from check_helpers import fails, unwritten
+from check_helpers import fails, rejects_remembered_answers, unwritten
 
 from checks import scaling_up as check
 from minigpt.model import GPT, GPT2_SIZES, GPTConfig
@@ -265,3 +265,27 @@ def test_online_attention_shapes_and_returns():
           lambda q, k, v, block: (online(q, k, v, block)[0].transpose(-2, -1),
                                   online(q, k, v, block)[1]), "shape")
     fails(check.check_online_attention, unwritten, "not written yet")
+
+
+# ------------------------------------------------------------ answers for the fixed examples only
+
+@pytest.mark.parametrize("check_function, right", [
+    (check.check_float_format, float_format),
+    (check.check_max_context, max_context),
+    (check.check_accum_steps, accum_steps),
+    (check.check_mfu, mfu),
+    (check.check_training_hours, hours),
+    (check.check_online_attention, online),
+], ids=["float_format", "max_context", "accum_steps", "mfu", "training_hours", "online"])
+def test_checks_reject_answers_remembered_for_their_fixed_examples(check_function, right):
+    rejects_remembered_answers(check_function, right)
+
+
+def test_accum_steps_must_refuse_an_uneven_batch_it_has_not_seen():
+    def refuses_the_fixed_ones_only(total, b, T, R):
+        if (total, b, T, R) in check.ACCUM_INVALID:
+            raise ValueError("remembered")
+        return total // (R * b * T)
+
+    fails(check.check_accum_steps, refuses_the_fixed_ones_only, "drawn at random",
+          "raise ValueError")
