@@ -3,11 +3,15 @@
 Derived in notebooks/02_language_modeling.ipynb (windows of tokens, inputs ``x`` and targets
 ``y = x`` shifted by one) and used at scale in notebooks/08_pretraining.ipynb. Three layers:
 
-1. `load_corpus` gives a `Corpus`: a name and ``train``/``val`` lists of documents (strings);
-   the corpora themselves live in `minigpt.corpora` and are re-exported here.
-2. `prepare` tokenizes a corpus once into ``train.bin``/``val.bin`` (flat uint16/uint32 arrays,
-   documents separated by the tokenizer's end-of-text token), ``meta.json`` and
-   ``tokenizer.json``; `load_tokens` maps a split back as a read-only array.
+1. `load_corpus` gives a `Corpus`: a name and ``train``/``val`` documents; the corpora
+   themselves live in `minigpt.corpora` and are re-exported here.
+2. `prepare` tokenizes a corpus once into *shards*: ``train.000000.bin``, ``train.000001.bin``,
+   ... and ``val.000000.bin``, ... A split's token stream is its documents in corpus order,
+   separated by the tokenizer's end-of-text token, cut into flat uint16/uint32 arrays of
+   `shard_tokens` tokens (the last one shorter). Worker processes on every core tokenize it
+   with constant memory, and a killed `prepare` goes on where it stopped. ``meta.json``, written
+   last, lists the shards; `load_tokens` maps a split back as one read-only array (a
+   `TokenShards` when it has several shards).
 3. `RandomWindowSampler` (training) and `SequentialSampler` (evaluation) cut (x, y) batches out of
    a token array. Both are resumable (`state_dict`) and split the global batch between
    data-parallel ranks, so N ranks see exactly the windows one process would see.
@@ -17,22 +21,29 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
-import multiprocessing
 import os
 import pickle
+import re
 import tempfile
+import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm  # the text bar: tqdm.auto needs ipywidgets in notebooks
 
+from minigpt.checkpoint import fsync_dir
 from minigpt.corpora import (  # re-exported: `minigpt.data` is the one import for data
     KNOWN_CORPORA,
     Corpus,
+    SplitsSource,
+    corpus_from_settings,
     hf_corpus,
     in_validation,
     load_corpus,
@@ -42,7 +53,13 @@ from minigpt.corpora import (  # re-exported: `minigpt.data` is the one import f
     stdlib_sources,
     tinyshakespeare_corpus,
 )
-from minigpt.tokenizer import ByteTokenizer, load_tokenizer
+from minigpt.tokenizer import (
+    GPT2_SPLIT_PATTERN,
+    BPETokenizer,
+    ByteTokenizer,
+    GPT2Tokenizer,
+    load_tokenizer,
+)
 
 # torch is imported inside the samplers only: tokenizing worker processes import this module, and
 # on platforms that spawn them (macOS, Windows) each would otherwise pay for importing torch.
@@ -54,6 +71,8 @@ __all__ = [
     "Corpus",
     "RandomWindowSampler",
     "SequentialSampler",
+    "TokenShards",
+    "corpus_from_settings",
     "hf_corpus",
     "in_validation",
     "load_corpus",
@@ -69,16 +88,30 @@ __all__ = [
 ]
 
 
-FORMAT_VERSION = 1  # bump when the layout of the token files changes
+FORMAT_VERSION = 2  # bump when the layout of the token files changes (2: shards)
+SHARD_TOKENS = 100_000_000  # tokens per shard: 200 MB of uint16
+CHECKPOINT_SECONDS = 10.0  # at most this much work is redone after a kill (and a shard's worth)
+SPLITS = ("train", "val")
 
 
 # ---------------------------------------------------------------------------------------------
-# Token files
+# Files
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits in 16 bits (vocab_size <= 65536), else uint32."""
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def shard_name(split: str, index: int) -> str:
+    """The file name of shard `index` of `split`: ``train.000003.bin``."""
+    return f"{split}.{index:06d}.bin"
+
+
+# Files that prepare owns in a token folder (everything else there is left alone): shards, their
+# partial versions, the manifests, the pre-shard token files, and temporary files of killed runs.
+_OWNED = re.compile(r"^(train|val)(\.\d+)?\.bin(\.partial)?$|^(meta|progress)\.json$")
+_TEMPORARY = re.compile(r"^\.(meta\.json|progress\.json|tokenizer\.json|tokenizer)\..+\.tmp$")
 
 
 @contextlib.contextmanager
@@ -102,6 +135,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def _json_bytes(value) -> bytes:
+    return (json.dumps(value, indent=1) + "\n").encode()
+
+
 def _tokenizer_json(tokenizer, folder: Path) -> bytes:
     """What `tokenizer.save` writes, captured as bytes (saved under a temporary name)."""
     fd, temp = tempfile.mkstemp(dir=folder, prefix=".tokenizer.", suffix=".tmp")
@@ -113,24 +150,152 @@ def _tokenizer_json(tokenizer, folder: Path) -> bytes:
         os.unlink(temp)
 
 
-class _Encoder:
-    """Text -> array of ids, picklable so that pool workers can run it."""
+def _remove(folder: Path, pattern: re.Pattern) -> None:
+    for path in folder.iterdir():
+        if pattern.match(path.name):
+            path.unlink(missing_ok=True)
 
-    def __init__(self, tokenizer, dtype):
+
+# ---------------------------------------------------------------------------------------------
+# Encoding documents
+
+
+class _Encoder:
+    """Documents -> (ids, lengths): each document's ids after the separator, and the length of
+    each (separator included). Picklable, so that worker processes can run it."""
+
+    def __init__(self, tokenizer, dtype, separator: list[int]):
         self.tokenizer, self.dtype = tokenizer, np.dtype(dtype)
+        self.separator = np.asarray(separator, dtype=self.dtype)
         # ByteTokenizer's ids are the UTF-8 bytes: numpy reads them without a Python list.
         self.bytes_fast_path = type(tokenizer) is ByteTokenizer
+        self.fast_bpe = _LookaheadFreeBPE.applies_to(tokenizer, separator)
+        self._bpe = None  # built where it is used: in each worker
 
-    def __call__(self, text: str) -> np.ndarray:
+    def __getstate__(self):
+        return {**self.__dict__, "_bpe": None}
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if not texts:
+            return np.zeros(0, self.dtype), np.zeros(0, np.int64)
         if self.bytes_fast_path:
-            return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(self.dtype)
-        ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.tokenizer.vocab_size):
-            raise ValueError(
-                f"the tokenizer produced id {int(ids.max())} (or {int(ids.min())}), outside its "
-                f"vocabulary of {self.tokenizer.vocab_size}"
-            )
-        return ids.astype(self.dtype)
+            return self._bytes(texts)
+        if self.fast_bpe:
+            if self._bpe is None:
+                self._bpe = _LookaheadFreeBPE(self.tokenizer.encoding, int(self.separator[0]))
+            ids, lengths = self._bpe.encode(texts)
+            return ids.astype(self.dtype), lengths
+        return self._generic(texts)
+
+    def _bytes(self, texts):
+        separator = self.separator.astype(np.uint8).tobytes()
+        encoded = [text.encode("utf-8") for text in texts]
+        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded)) + len(separator)
+        joined = separator + separator.join(encoded)
+        return np.frombuffer(joined, np.uint8).astype(self.dtype), lengths
+
+    def _generic(self, texts):
+        pieces, lengths = [], []
+        vocab_size = self.tokenizer.vocab_size
+        for text in texts:
+            ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+                raise ValueError(
+                    f"the tokenizer produced id {int(ids.max())} (or {int(ids.min())}), outside "
+                    f"its vocabulary of {vocab_size}"
+                )
+            pieces += [self.separator, ids.astype(self.dtype)]
+            lengths.append(len(self.separator) + len(ids))
+        return np.concatenate(pieces), np.asarray(lengths, dtype=np.int64)
+
+
+# Unicode White_Space: what `\s` matches in tiktoken's regular expressions. Index 0x3001 stands
+# for every code point above U+3000, none of which is whitespace.
+_WHITESPACE = np.zeros(0x3002, dtype=bool)
+_WHITESPACE[[*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028,
+             0x2029, 0x202F, 0x205F, 0x3000]] = True
+
+
+class _LookaheadFreeBPE:
+    """``encoding.encode(text, allowed_special="all")`` for GPT-2's split pattern, without its
+    look-ahead: the same ids, about twice as fast.
+
+    GPT-2's pattern ends in ``\\s+(?!\\S)|\\s+``. That look-ahead forces tiktoken's regex engine
+    into a slow backtracking mode, yet it only acts at one kind of place: a run of two or more
+    whitespace characters followed by a non-space, where GPT-2 leaves the run's last character
+    for the next chunk (so that it can be the space of " word"). We mark each such place with a
+    private-use character, ``CUT``, that is a chunk (and a token) of its own; with it, the plain
+    ``\\s+`` splits the text into exactly GPT-2's chunks, and the ``CUT`` tokens are dropped.
+    A batch of documents is encoded in one call, each after a second marker, ``START``, whose
+    token becomes the separator. Documents holding a marker or a special token's text take the
+    reference path.
+    """
+
+    CUT, START = "\ue000", "\ue001"
+    PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}\x{E000}\x{E001}]+"""
+               r"""|\s+|[\x{E000}\x{E001}]""")
+
+    @staticmethod
+    def applies_to(tokenizer, separator) -> bool:
+        """Does `tokenizer.encode` use GPT-2's pattern through tiktoken, as this class assumes?"""
+        if type(tokenizer).encode not in (GPT2Tokenizer.encode, BPETokenizer.encode):
+            return False
+        encoding = tokenizer.encoding
+        return (len(separator) == 1 and getattr(encoding, "_pat_str", None) == GPT2_SPLIT_PATTERN
+                and hasattr(encoding, "_mergeable_ranks") and hasattr(encoding, "_special_tokens"))
+
+    def __init__(self, encoding, separator_id: int):
+        import tiktoken
+
+        self.reference, self.separator_id = encoding, separator_id
+        self.cut_id, self.start_id = encoding.max_token_value + 1, encoding.max_token_value + 2
+        ranks = {**encoding._mergeable_ranks, self.CUT.encode(): self.cut_id,
+                 self.START.encode(): self.start_id}
+        self.fast = tiktoken.Encoding(f"{encoding.name}-lookahead-free", pat_str=self.PATTERN,
+                                      mergeable_ranks=ranks,
+                                      special_tokens=dict(encoding._special_tokens))
+        self.specials = tuple(encoding._special_tokens)
+
+    def _safe(self, text: str, starts: int) -> bool:
+        return (self.CUT not in text and text.count(self.START) == starts
+                and not any(special in text for special in self.specials))
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, lengths) of `texts`, as `_Encoder` returns them."""
+        joined = self.START + self.START.join(texts)
+        if self._safe(joined, len(texts)):
+            with contextlib.suppress(UnicodeEncodeError):  # lone surrogates: the reference path
+                return self._encode_joined(joined)
+        return self._encode_each(texts)
+
+    def _encode_joined(self, joined: str) -> tuple[np.ndarray, np.ndarray]:
+        points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)  # (n,) code points
+        space = _WHITESPACE[np.minimum(points, len(_WHITESPACE) - 1)]
+        follows = ~space & (points != ord(self.START))  # a non-space inside a document
+        cuts = np.flatnonzero(space[:-2] & space[1:-1] & follows[2:]) + 1
+        if cuts.size:
+            joined = np.insert(points, cuts, ord(self.CUT)).tobytes().decode("utf-32-le")
+        ids = self.fast.encode_to_numpy(joined, allowed_special=set(), disallowed_special=())
+        ids = ids[ids != self.cut_id] if cuts.size else np.array(ids)
+        starts = np.flatnonzero(ids == self.start_id)  # one per document
+        ids[starts] = self.separator_id
+        return ids, np.diff(np.append(starts, ids.size))
+
+    def _encode_each(self, texts):
+        """Runs of safe documents together, the others one by one through the reference."""
+        pieces = []
+        for safe, group in itertools.groupby(texts, key=lambda text: self._safe(text, 0)):
+            group = list(group)
+            if safe:
+                with contextlib.suppress(UnicodeEncodeError):
+                    pieces.append(self._encode_joined(self.START + self.START.join(group)))
+                    continue
+            for text in group:
+                ids = self.reference.encode_to_numpy(text, allowed_special="all")
+                pieces.append((np.append(np.uint32(self.separator_id), ids),
+                               np.array([ids.size + 1])))
+        return (np.concatenate([ids for ids, _ in pieces]),
+                np.concatenate([lengths for _, lengths in pieces]))
 
 
 _worker_encoder: _Encoder | None = None
@@ -141,64 +306,304 @@ def _init_worker(encoder: _Encoder) -> None:
     _worker_encoder = encoder
 
 
-def _encode_in_worker(text: str) -> np.ndarray:
-    return _worker_encoder(text)
+def _encode_task(task):
+    """In a worker: a task's documents -> (is_val per document, (train ids, lengths), (val ...))."""
+    documents = task.documents()
+    is_val = np.fromiter((v for v, _ in documents), dtype=bool, count=len(documents))
+    train = _worker_encoder([text for v, text in documents if not v])
+    val = _worker_encoder([text for v, text in documents if v])
+    return is_val, train, val
 
 
 # Below this many characters, starting worker processes costs more than it saves.
 PARALLEL_MIN_CHARACTERS = 4_000_000
 
 
-def _worker_count(documents, encoder: _Encoder, num_workers: int | None) -> int:
+def _cpu_count() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cpus or 1)
+
+
+def _worker_count(source, encoder: _Encoder, num_workers: int | None) -> int:
     if num_workers is not None:
         return max(1, num_workers)
-    if encoder.bytes_fast_path:
-        return 1
-    if isinstance(documents, Sequence):
-        if sum(map(len, documents)) < PARALLEL_MIN_CHARACTERS:
+    if isinstance(source, SplitsSource) and source.total_units is not None:  # held in memory
+        if encoder.bytes_fast_path or source.total_units < PARALLEL_MIN_CHARACTERS:
             return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cpus or 1, 8))
+    return _cpu_count()
 
 
-def _encode_all(documents, encoder: _Encoder, workers: int) -> Iterator[np.ndarray]:
-    """Encoded documents in corpus order, in worker processes when `workers` > 1."""
-    if workers > 1:
-        try:
-            pickle.dumps(encoder)
-        except Exception as err:
-            warnings.warn(
-                f"tokenizer cannot be sent to worker processes ({err}); tokenizing serially",
-                stacklevel=3,
-            )
-            workers = 1
-    if workers <= 1:
-        yield from map(encoder, documents)
+def _picklable(encoder: _Encoder) -> bool:
+    try:
+        pickle.dumps(encoder)
+    except Exception as err:
+        warnings.warn(
+            f"tokenizer cannot be sent to worker processes ({err}); tokenizing serially",
+            stacklevel=4,
+        )
+        return False
+    return True
+
+
+def _encoded_in_order(tasks, encoder: _Encoder, workers: int):
+    """(encoded task, position, units) in task order, from `workers` processes.
+
+    At most two tasks per worker are in flight, so memory stays bounded however fast the tasks
+    are read (``Pool.imap`` would read ahead without limit).
+    """
+    if workers <= 1 or not _picklable(encoder):
+        _init_worker(encoder)
+        for task, position, units in tasks:
+            yield _encode_task(task), position, units
         return
-    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(encoder,)) as pool:
-        yield from pool.imap(_encode_in_worker, documents, chunksize=8)
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(encoder,)) as pool:
+        pending = deque()
+        try:
+            for task, position, units in tasks:
+                pending.append((pool.submit(_encode_task, task), position, units))
+                if len(pending) > 2 * workers:
+                    future, done_position, done_units = pending.popleft()
+                    yield future.result(), done_position, done_units
+            while pending:
+                future, done_position, done_units = pending.popleft()
+                yield future.result(), done_position, done_units
+        finally:
+            for future, _, _ in pending:
+                future.cancel()
 
 
-def _write_split(documents, path: Path, encoder, separator, workers, desc) -> tuple[int, int]:
-    """Tokenize `documents` into `path`, separator between documents; (tokens, documents)."""
-    total = len(documents) if isinstance(documents, Sequence) else None
-    separator_bytes = np.asarray(separator, dtype=encoder.dtype).tobytes()
-    n_tokens = n_documents = 0
-    with _atomic_open(path) as f:
-        for ids in tqdm(
-            _encode_all(documents, encoder, workers),
-            total=total,
-            desc=desc,
-            unit="doc",
-            disable=desc is None,
+# ---------------------------------------------------------------------------------------------
+# Shards
+
+
+class _CannotResume(Exception):
+    """The files on disk do not match the progress manifest: start over."""
+
+
+class _ShardWriter:
+    """One split's token stream, cut into shards of `shard_tokens` tokens.
+
+    Tokens are appended to ``<shard>.partial``; a full shard is synced and renamed to its final
+    name at once, so a shard file is always complete. `state` (saved in ``progress.json``)
+    records the finished shards, each with the place in the split's documents where it ends,
+    and the length of the partial shard, from which a new writer goes on.
+    """
+
+    def __init__(self, folder: Path, split: str, dtype, shard_tokens: int, state=None):
+        self.folder, self.split, self.dtype = folder, split, np.dtype(dtype)
+        self.shard_tokens = shard_tokens
+        resumed = state is not None
+        state = state or {"shards": [], "partial": 0, "tokens": 0, "documents": 0, "last": None}
+        self.shards, self.partial = [dict(s) for s in state["shards"]], state["partial"]
+        self.tokens, self.documents, self.last = state["tokens"], state["documents"], state["last"]
+        self.file, self.finished_shard = None, False
+        if resumed:
+            self._reopen()
+
+    def _path(self, index: int, partial: bool = False) -> Path:
+        return self.folder / (shard_name(self.split, index) + (".partial" if partial else ""))
+
+    def _reopen(self) -> None:
+        """Check the finished shards, and truncate the partial one to its recorded length."""
+        for index, shard in enumerate(self.shards):
+            path = self._path(index)
+            if not path.exists() or path.stat().st_size != shard["tokens"] * self.dtype.itemsize:
+                raise _CannotResume(f"{path} is missing or has the wrong size")
+        current = len(self.shards)
+        shard_file = re.compile(rf"^{self.split}\.(\d+)\.bin(\.partial)?$")
+        for path in self.folder.iterdir():  # shards begun after the manifest was written
+            match = shard_file.match(path.name)
+            if match and int(match[1]) > current:
+                path.unlink()
+        partial, final = self._path(current, partial=True), self._path(current)
+        if final.exists():  # it filled up after the manifest was written: continue inside it
+            os.replace(final, partial)
+        size = self.partial * self.dtype.itemsize
+        if not partial.exists():
+            if size:
+                raise _CannotResume(f"{partial} is missing")
+            return
+        if partial.stat().st_size < size:
+            raise _CannotResume(f"{partial} is shorter than recorded")
+        self.file = open(partial, "r+b")  # noqa: SIM115 (closed by close() or finish())
+        self.file.truncate(size)
+        self.file.seek(size)
+
+    def write(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Append whole documents: `ids` holds them back to back, `lengths` their sizes."""
+        ends = np.cumsum(lengths)
+        done = 0
+        while done < ids.size:
+            if self.file is None:
+                self.file = open(self._path(len(self.shards), partial=True), "wb")  # noqa: SIM115
+            take = min(self.shard_tokens - self.partial, ids.size - done)
+            self.file.write(memoryview(ids[done : done + take]))
+            done, self.partial = done + take, self.partial + take
+            if self.partial == self.shard_tokens:
+                k = int(np.searchsorted(ends, done))  # the document holding the shard's last token
+                before = int(ends[k - 1]) if k else 0
+                self._close_shard({"document": self.documents + k, "token": done - before})
+        if lengths.size:
+            self.last = {"document": self.documents + lengths.size - 1, "token": int(lengths[-1])}
+        self.tokens += int(ids.size)
+        self.documents += int(lengths.size)
+
+    def _close_shard(self, end: dict) -> None:
+        self._sync()
+        self.file.close()
+        self.file = None
+        index = len(self.shards)
+        os.replace(self._path(index, partial=True), self._path(index))
+        fsync_dir(self.folder)
+        self.shards.append({"file": shard_name(self.split, index), "tokens": self.partial,
+                            "end": end})
+        self.partial, self.finished_shard = 0, True
+
+    def _sync(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
+    def state(self) -> dict:
+        """Sync the partial shard and describe where this writer stands (JSON-able)."""
+        self._sync()
+        self.finished_shard = False
+        return {"shards": self.shards, "partial": self.partial, "tokens": self.tokens,
+                "documents": self.documents, "last": self.last}
+
+    def finish(self) -> None:
+        """The partial shard becomes the last shard."""
+        if self.partial:
+            self._close_shard(self.last)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class _Tokenizing:
+    """One `prepare` run: the writers of both splits, the token budget, and ``progress.json``."""
+
+    def __init__(self, folder: Path, fingerprint: str, dtype, shard_tokens: int, max_tokens: int,
+                 separator_length: int):
+        self.folder, self.fingerprint = folder, fingerprint
+        self.max_tokens, self.separator_length = max_tokens, separator_length
+        progress = self._read_progress()
+        self.writers = {}
+        try:
+            for split in SPLITS:
+                state = progress["splits"][split] if progress else None
+                self.writers[split] = _ShardWriter(folder, split, dtype, shard_tokens, state)
+        except _CannotResume:
+            self.close()
+            progress = None
+        if progress is None:
+            _remove(folder, _OWNED)
+            self.writers = {s: _ShardWriter(folder, s, dtype, shard_tokens) for s in SPLITS}
+        self.position = progress["position"] if progress else None
+        self.units = progress["units"] if progress else 0
+
+    def _read_progress(self) -> dict | None:
+        try:
+            progress = json.loads((self.folder / "progress.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        if progress.get("format") != FORMAT_VERSION or progress.get("fingerprint") != (
+            self.fingerprint
         ):
-            if n_documents:
-                f.write(separator_bytes)
-                n_tokens += len(separator)
-            f.write(ids.tobytes())
-            n_tokens += len(ids)
-            n_documents += 1
-    return n_tokens, n_documents
+            return None
+        return progress
+
+    @property
+    def tokens(self) -> int:
+        return sum(writer.tokens for writer in self.writers.values())
+
+    def save(self) -> None:
+        """Record the position reached; everything before it is on disk."""
+        progress = {"format": FORMAT_VERSION, "fingerprint": self.fingerprint,
+                    "position": self.position, "units": self.units,
+                    "splits": {split: w.state() for split, w in self.writers.items()}}
+        _atomic_write(self.folder / "progress.json", _json_bytes(progress))
+
+    def add(self, encoded) -> bool:
+        """Write one encoded task; True when the token budget is spent."""
+        is_val, train, val = encoded
+        train, val = self._without_first_separator("train", train), self._without_first_separator(
+            "val", val
+        )
+        train, val, spent = self._within_budget(is_val, train, val)
+        self.writers["train"].write(*train)
+        self.writers["val"].write(*val)
+        return spent
+
+    def _without_first_separator(self, split, encoded):
+        """Separators go *between* documents: the split's first document has none."""
+        ids, lengths = encoded
+        if self.writers[split].documents or not lengths.size:
+            return encoded
+        lengths = lengths.copy()
+        lengths[0] -= self.separator_length
+        return ids[self.separator_length :], lengths
+
+    def _within_budget(self, is_val, train, val):
+        """Cut the train split at exactly `max_tokens`; keep the val documents read before the
+        record where that happens, and stop reading."""
+        ids, lengths = train
+        remaining = self.max_tokens - self.writers["train"].tokens
+        if not self.max_tokens or ids.size < remaining:
+            return train, val, False
+        ends = np.cumsum(lengths)
+        k = int(np.searchsorted(ends, remaining))  # the train document where the budget is spent
+        lengths = lengths[: k + 1].copy()
+        lengths[k] -= int(ends[k]) - remaining
+        record = int(np.flatnonzero(~is_val)[k])
+        kept = int(np.count_nonzero(is_val[:record]))
+        val_ids, val_lengths = val
+        val = val_ids[: int(val_lengths[:kept].sum())], val_lengths[:kept]
+        return (ids[:remaining], lengths), val, True
+
+    def run(self, source, encoder: _Encoder, workers: int, bar) -> None:
+        saved = time.monotonic()
+        tasks = source.tasks(self.position)
+        for encoded, position, units in _encoded_in_order(tasks, encoder, workers):
+            before = self.tokens
+            spent = self.add(encoded)
+            self.units += units
+            _show_progress(bar, self, source, self.tokens - before)
+            if spent:
+                break
+            self.position = position
+            finished = any(w.finished_shard for w in self.writers.values())
+            if finished or time.monotonic() - saved > CHECKPOINT_SECONDS:
+                self.save()
+                saved = time.monotonic()
+        for writer in self.writers.values():
+            writer.finish()
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _show_progress(bar, run: _Tokenizing, source, new_tokens: int) -> None:
+    """Advance the bar; its total (hence the ETA) is estimated from the input read so far."""
+    bar.update(new_tokens)
+    estimate = None
+    if source.total_units and run.units:
+        estimate = run.tokens * source.total_units / run.units
+    train = run.writers["train"].tokens
+    if run.max_tokens and train:
+        budget = run.max_tokens * run.tokens / train  # both splits, at the current mix
+        estimate = min(estimate, budget) if estimate else budget
+    if estimate:
+        bar.total = max(int(estimate), bar.n)
+    bar.set_postfix_str(f"{sum(w.documents for w in run.writers.values()):,} documents",
+                        refresh=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare, load_tokens
 
 
 def load_meta(data_dir) -> dict:
@@ -212,6 +617,12 @@ def load_meta(data_dir) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _shards_of(meta: dict, split: str) -> list[dict]:
+    if "shards" in meta:
+        return meta["shards"][split]
+    return [{"file": f"{split}.bin", "tokens": meta["tokens"][split]}]  # format 1: one file
+
+
 def _is_current(out_dir: Path, fingerprint: str) -> bool:
     try:
         meta = load_meta(out_dir)
@@ -220,27 +631,56 @@ def _is_current(out_dir: Path, fingerprint: str) -> bool:
     if meta.get("fingerprint") != fingerprint or not (out_dir / "tokenizer.json").exists():
         return False
     itemsize = np.dtype(meta["dtype"]).itemsize
-    for split, count in meta["tokens"].items():
-        path = out_dir / f"{split}.bin"
-        if not path.exists() or path.stat().st_size != count * itemsize:
-            return False
+    for split in SPLITS:
+        for shard in _shards_of(meta, split):
+            path = out_dir / shard["file"]
+            if not path.exists() or path.stat().st_size != shard["tokens"] * itemsize:
+                return False
     return True
 
 
-def prepare(
-    corpus, tokenizer, out_dir, num_workers: int | None = None, *, progress: bool = True
-) -> Path:
-    """Tokenize `corpus` into `out_dir` and return `out_dir`.
+def _check_count(name: str, value, smallest: int) -> None:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < smallest:
+        raise ValueError(f"{name} must be an integer ≥ {smallest}, not {value!r}")
 
-    Writes ``train.bin`` and ``val.bin`` (flat arrays of `token_dtype`; documents separated by
-    the tokenizer's ``eot_token``, or by the encoding of ``"\\n\\n"`` when it has none),
-    ``tokenizer.json`` and ``meta.json``, each atomically. ``meta.json`` is written last and holds
-    a fingerprint of corpus and tokenizer: calling again with the same pair returns at once.
+
+def _fingerprint(corpus: Corpus, tokenizer_json: bytes, shard_tokens: int,
+                 max_tokens: int) -> str:
+    settings = [FORMAT_VERSION, corpus.fingerprint(), tokenizer_json.decode("utf-8"),
+                shard_tokens, max_tokens]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
+
+
+def prepare(
+    corpus,
+    tokenizer,
+    out_dir,
+    num_workers: int | None = None,
+    *,
+    progress: bool = True,
+    shard_tokens: int = SHARD_TOKENS,
+    max_tokens: int = 0,
+) -> Path:
+    """Tokenize `corpus` into shards in `out_dir` and return `out_dir`.
+
+    Each split's token stream (its documents in corpus order, separated by the tokenizer's
+    ``eot_token``, or by the encoding of ``"\\n\\n"`` when it has none) is cut into shards of
+    `shard_tokens` tokens, ``train.000000.bin``, ... (flat arrays of `token_dtype`).
+    `max_tokens` > 0 caps the train split at exactly that many tokens (reading stops there;
+    val keeps the documents read until then); 0 uses every document.
+
+    `num_workers` processes tokenize (None: every core, or 1 for a small corpus held in memory);
+    the order of documents is kept, and memory stays bounded whatever the corpus size.
+    Resumable: every shard is written atomically, and ``progress.json`` records how far the
+    corpus has been read; run again after a kill, `prepare` goes on from there and ends with the
+    files an uninterrupted run writes. ``meta.json``, written last, lists the shards and holds a
+    fingerprint of corpus, tokenizer and settings: with the same three, it returns at once.
 
     `corpus` is a `Corpus` or anything `load_corpus` takes; `tokenizer` a tokenizer or anything
-    `load_tokenizer` takes. `num_workers`: processes for tokenizing (None: decide by corpus size;
-    0 or 1: serial). Document order is preserved either way.
+    `load_tokenizer` takes.
     """
+    _check_count("shard_tokens", shard_tokens, 1)
+    _check_count("max_tokens", max_tokens, 0)
     corpus = load_corpus(corpus)
     if isinstance(tokenizer, str | os.PathLike):
         tokenizer = load_tokenizer(tokenizer)
@@ -249,11 +689,11 @@ def prepare(
     if not corpus.streamed and not corpus.train:
         raise ValueError(f"corpus {corpus.name!r} has no training documents; nothing to prepare")
 
+    _remove(out_dir, _TEMPORARY)  # left by a killed run
     tokenizer_json = _tokenizer_json(tokenizer, out_dir)
-    fingerprint = hashlib.sha256(
-        json.dumps([FORMAT_VERSION, corpus.fingerprint(), tokenizer_json.decode("utf-8")]).encode()
-    ).hexdigest()
+    fingerprint = _fingerprint(corpus, tokenizer_json, shard_tokens, max_tokens)
     if _is_current(out_dir, fingerprint):
+        (out_dir / "progress.json").unlink(missing_ok=True)
         return out_dir
     # From here on the folder is not a valid token folder until the new meta.json lands.
     (out_dir / "meta.json").unlink(missing_ok=True)
@@ -261,16 +701,18 @@ def prepare(
     dtype = token_dtype(tokenizer.vocab_size)
     eot = tokenizer.eot_token
     separator = [eot] if eot is not None else list(tokenizer.encode("\n\n"))
-    encoder = _Encoder(tokenizer, dtype)
-    tokens, documents = {}, {}
-    for split in ("train", "val"):
-        docs = getattr(corpus, split)
-        workers = _worker_count(docs, encoder, num_workers)
-        desc = f"{corpus.name} {split}" if progress else None
-        tokens[split], documents[split] = _write_split(
-            docs, out_dir / f"{split}.bin", encoder, separator, workers, desc
-        )
-    if tokens["train"] == 0:
+    encoder = _Encoder(tokenizer, dtype, separator)
+    source = corpus.documents()
+    run = _Tokenizing(out_dir, fingerprint, dtype, shard_tokens, max_tokens, len(separator))
+    workers = _worker_count(source, encoder, num_workers)
+    bar = tqdm(desc=corpus.name, unit="tok", unit_scale=True, initial=run.tokens,
+               disable=not progress)
+    try:
+        run.run(source, encoder, workers, bar)
+    finally:
+        bar.close()
+        run.close()
+    if run.writers["train"].tokens == 0:
         raise ValueError(f"corpus {corpus.name!r} produced no training tokens")
 
     spec = json.loads(tokenizer_json)
@@ -282,37 +724,130 @@ def prepare(
         "vocab_size": tokenizer.vocab_size,
         "eot_token": eot,
         "separator": separator,
-        "tokens": tokens,
-        "documents": documents,
+        "tokens": {split: w.tokens for split, w in run.writers.items()},
+        "documents": {split: w.documents for split, w in run.writers.items()},
+        "shard_tokens": shard_tokens,
+        "max_tokens": max_tokens,
+        "shards": {split: w.shards for split, w in run.writers.items()},
         # The scalar fields of the saved tokenizer (its type, name...), not its vocabulary.
         "tokenizer": {k: v for k, v in spec.items() if isinstance(v, str | int | float | bool)},
         "tokenizer_file": "tokenizer.json",
         "fingerprint": fingerprint,
     }
-    _atomic_write(out_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    _atomic_write(out_dir / "meta.json", _json_bytes(meta))
+    (out_dir / "progress.json").unlink(missing_ok=True)
+    fsync_dir(out_dir)
     return out_dir
 
 
-def load_tokens(data_dir, split: str) -> np.ndarray:
-    """The tokens of `split` ("train" or "val") in `data_dir`, as a read-only ``np.memmap``.
+def load_tokens(data_dir, split: str) -> np.ndarray | TokenShards:
+    """The tokens of `split` ("train" or "val") in `data_dir`, read-only and memory-mapped.
 
-    (An empty split has nothing to map and comes back as an empty read-only array.)
+    A split of one shard is an ``np.memmap``; one of several is a `TokenShards`, which indexes
+    like their concatenation. (An empty split comes back as an empty read-only array.)
     """
-    if split not in ("train", "val"):
+    if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     meta = load_meta(data_dir)
-    dtype, count = np.dtype(meta["dtype"]), meta["tokens"][split]
-    path = Path(data_dir) / f"{split}.bin"
-    if path.stat().st_size != count * dtype.itemsize:
-        raise ValueError(
-            f"{path} has {path.stat().st_size} bytes, but meta.json says {count} tokens of "
-            f"{dtype.name}; run prepare() again"
-        )
-    if count == 0:
+    dtype = np.dtype(meta["dtype"])
+    shards = []
+    for shard in _shards_of(meta, split):
+        path, count = Path(data_dir) / shard["file"], shard["tokens"]
+        size = path.stat().st_size if path.exists() else 0
+        if size != count * dtype.itemsize:
+            raise ValueError(
+                f"{path} has {size} bytes, but meta.json says {count} tokens of {dtype.name}; "
+                "run prepare() again"
+            )
+        if count:
+            shards.append(np.memmap(path, dtype=dtype, mode="r", shape=(count,)))
+    if not shards:
         empty = np.zeros(0, dtype=dtype)
         empty.flags.writeable = False
         return empty
-    return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+    return shards[0] if len(shards) == 1 else TokenShards(shards, split)
+
+
+class TokenShards:
+    """The shards of one split seen as one read-only token array, without reading them.
+
+    Indexing with an integer, a slice or an array of integers gives what the same index gives
+    on ``np.concatenate(shards)``, reading only the shards it touches: a window may span two
+    shards. ``np.asarray`` builds the whole concatenation (in memory).
+    """
+
+    ndim = 1
+
+    def __init__(self, shards: Sequence[np.ndarray], split: str | None = None):
+        self.shards = list(shards)
+        if not self.shards or any(s.ndim != 1 or s.dtype != self.shards[0].dtype for s in shards):
+            raise ValueError("TokenShards needs one or more flat arrays of one dtype")
+        sizes = np.array([len(s) for s in self.shards], dtype=np.int64)
+        self.ends = np.cumsum(sizes)  # (shards,) position just after each shard
+        self.starts = self.ends - sizes
+        self.dtype, self.split = self.shards[0].dtype, split
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    def __getitem__(self, index):
+        if isinstance(index, int | np.integer):
+            position = self._checked(np.array([index]))[0]
+            shard = int(np.searchsorted(self.ends, position, side="right"))
+            return self.shards[shard][position - self.starts[shard]]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            return self._range(start, stop) if step == 1 else self[np.arange(start, stop, step)]
+        positions = np.asarray(index)
+        if not np.issubdtype(positions.dtype, np.integer):
+            raise IndexError(f"TokenShards takes integers, slices or integer arrays, not {index!r}")
+        return self._gather(positions)
+
+    def _checked(self, positions: np.ndarray) -> np.ndarray:
+        positions = positions.astype(np.int64)
+        positions = np.where(positions < 0, positions + len(self), positions)
+        if positions.size and (positions.min() < 0 or positions.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} tokens")
+        return positions
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        if stop <= start:
+            return np.zeros(0, self.dtype)
+        first = int(np.searchsorted(self.ends, start, side="right"))
+        last = int(np.searchsorted(self.ends, stop - 1, side="right"))
+        pieces = [self.shards[s][max(start - self.starts[s], 0) : stop - self.starts[s]]
+                  for s in range(first, last + 1)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def _gather(self, positions: np.ndarray) -> np.ndarray:
+        flat = self._checked(positions.reshape(-1))
+        shard = np.searchsorted(self.ends, flat, side="right")  # which shard holds each
+        out = np.empty(flat.shape, dtype=self.dtype)
+        order = np.argsort(shard, kind="stable")
+        bounds = np.searchsorted(shard[order], np.arange(len(self.shards) + 1))
+        for s in np.flatnonzero(np.diff(bounds)):
+            picked = order[bounds[s] : bounds[s + 1]]
+            out[picked] = self.shards[s][flat[picked] - self.starts[s]]
+        return out.reshape(positions.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.concatenate(self.shards)
+        return whole if dtype is None else whole.astype(dtype)
+
+    def tolist(self) -> list[int]:
+        return np.asarray(self).tolist()
+
+    def __repr__(self) -> str:
+        return (f"TokenShards({self.split or 'tokens'}: {len(self):,} tokens of {self.dtype.name} "
+                f"in {len(self.shards)} shards)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +859,7 @@ def _as_tokens(tokens) -> np.ndarray:
 
     if isinstance(tokens, torch.Tensor):
         return tokens.detach().cpu().numpy()
-    if isinstance(tokens, np.ndarray):
+    if isinstance(tokens, np.ndarray | TokenShards):
         return tokens
     return np.asarray(tokens, dtype=np.int64)
 
@@ -346,8 +881,10 @@ class _WindowSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), not {rank}")
         if split is None:
+            split = getattr(self.tokens, "split", None)
+        if split is None:  # a shard "val.000000.bin" (or a "val.bin") is of the val split
             filename = getattr(self.tokens, "filename", None)
-            split = Path(filename).stem if filename else "token"
+            split = Path(filename).name.split(".")[0] if filename else "token"
         n = len(self.tokens)
         if n == 0:
             raise ValueError(f"the {split} split is empty (0 tokens): prepare a non-empty corpus")

@@ -46,7 +46,10 @@ MODEL_FIELDS = (
     "n_layer", "n_head", "n_embd", "block_size", "bias", "pos_encoding", "norm_position",
     "vocab_multiple",
 )
-DATA_FIELDS = ("dataset", "tokenizer")
+# Fields that choose the token stream; a resumed run must agree on them too (shard_tokens only
+# cuts the same stream into files, so it may change).
+DATA_FIELDS = ("dataset", "tokenizer", "dataset_config", "dataset_split", "text_field",
+               "max_tokens")
 
 
 # What a resumed run needs from a checkpoint (load_run needs only "model" and "model_config").
@@ -83,6 +86,11 @@ class TrainConfig:
     out_dir: str = "runs/tiny"  # checkpoints, metrics.jsonl, loss.png, tokenizer.json
     dataset: str = "stdlib"  # a corpus name or path (see minigpt.data.load_corpus)
     tokenizer: str = "byte"  # "byte", "char", "gpt2", "bpe:<vocab size>" or a tokenizer.json
+    dataset_config: str = ""  # a Hugging Face dataset's configuration, e.g. "sample-10BT"
+    dataset_split: str = "train"  # the Hugging Face split to read; val is held out of it
+    text_field: str = "text"  # the field holding a record's text (hf:, .jsonl, .parquet)
+    max_tokens: int = 0  # train tokens to prepare, read in corpus order (0: every document)
+    shard_tokens: int = 100_000_000  # tokens per token file (shard) that prepare writes
     init_from: str = "scratch"  # "scratch", a minigpt model folder, or a GPT-2 name/folder
     seed: int = 1337
     # model (see GPTConfig)
@@ -337,16 +345,21 @@ class Trainer:
     def prepare_data(config: TrainConfig, tokenizer=None, write: bool = True):
         """Token files for the config's dataset and tokenizer (made once, then reused);
         returns (folder, tokenizer). With write=False only the tokenizer is resolved."""
-        from minigpt.data import load_corpus, prepare
+        from minigpt.data import corpus_from_settings, prepare
         from minigpt.download import cache_dir
 
-        corpus = load_corpus(config.dataset)
+        c = config
+        corpus = corpus_from_settings(c.dataset, c.dataset_config, c.dataset_split, c.text_field)
         if tokenizer is None:
-            saved = Path(config.out_dir) / "tokenizer.json"
-            tokenizer = build_tokenizer(config.tokenizer, corpus, saved)
-        data_dir = cache_dir() / "tokens" / _slug(f"{corpus.name}-{config.tokenizer}")
+            saved = Path(c.out_dir) / "tokenizer.json"
+            tokenizer = build_tokenizer(c.tokenizer, corpus, saved)
+        # One folder per token stream: another configuration, split or budget gets its own.
+        parts = [corpus.name, c.dataset_config, c.dataset_split if c.dataset_split != "train"
+                 else "", c.tokenizer, f"max{c.max_tokens}" if c.max_tokens else ""]
+        data_dir = cache_dir() / "tokens" / _slug("-".join(part for part in parts if part))
         if write:
-            prepare(corpus, tokenizer, data_dir, progress=config.progress)
+            prepare(corpus, tokenizer, data_dir, progress=c.progress,
+                    shard_tokens=c.shard_tokens, max_tokens=c.max_tokens)
         return data_dir, tokenizer
 
     def _build_data(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -79,11 +80,13 @@ class FailingTokenizer(ByteTokenizer):
 
 
 def folder_corpus(tmp_path, n=12, name="docs"):
+    """A folder of `n` text files, read into memory (a folder corpus itself is streamed)."""
     folder = tmp_path / name
     folder.mkdir()
     for i in range(n):
         (folder / f"doc{i:02d}.txt").write_text(f"document {i}: " + "héllo wörld " * (i + 3))
-    return load_corpus(folder)
+    streamed = load_corpus(folder)
+    return Corpus(streamed.name, tuple(streamed.train), tuple(streamed.val))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,13 +229,18 @@ def test_local_folder(tmp_path):
     (folder / "image.bin").write_bytes(b"\x89PNG\0\0\x01")
     (folder / "empty.txt").write_text("")
     corpus = load_corpus(folder)
-    assert corpus.val and corpus.train
-    assert set(corpus.train).isdisjoint(corpus.val)
-    assert sorted(corpus.train + corpus.val) == sorted(expected.values())
+    assert corpus.streamed
+    train, val = list(corpus.train), list(corpus.val)
+    assert val and train
+    assert set(train).isdisjoint(val)
+    assert sorted(train + val) == sorted(expected.values())
     ordered = [expected[k] for k in sorted(expected)]  # sorted by relative path
-    assert list(corpus.train) == [t for t in ordered if t in corpus.train]
+    assert train == [t for t in ordered if t in train]
+    # No path hashes into val here, so the usable file with the smallest hash moves over.
+    assert not any(in_validation(k) for k in [*expected, "image.bin", "empty.txt"])
+    assert val == [expected[min(expected, key=lambda k: hashlib.sha256(k.encode()).digest())]]
     only_md = load_corpus(folder, glob="**/*.md")
-    assert sorted(only_md.train + only_md.val) == sorted(
+    assert sorted([*only_md.train, *only_md.val]) == sorted(
         text for relpath, text in expected.items() if relpath.endswith(".md")
     )
 
@@ -273,25 +281,6 @@ def fake_datasets(load_dataset):
     return module
 
 
-def test_hf_streaming_with_a_cap(monkeypatch, tmp_path):
-    calls = []
-
-    def load_dataset(name, config, split, streaming, **options):
-        calls.append((name, config, split, streaming))
-        return [{"text": f"record {i} " * 3} for i in range(500)]
-
-    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
-    corpus = load_corpus("hf:someone/web", max_documents=200, config="sample")
-    assert calls == [("someone/web", "sample", "train", True)]
-    assert corpus.streamed and corpus.name == "hf:someone/web"
-    train, val = list(corpus.train), list(corpus.val)
-    assert len(train) + len(val) == 200 and val
-    assert sorted(train + val) == sorted(f"record {i} " * 3 for i in range(200))
-    assert train == list(corpus.train)  # re-iterable, same order
-    out = prepare(corpus, ByteTokenizer(), tmp_path / "hf", progress=False)
-    assert load_meta(out)["documents"] == {"train": len(train), "val": len(val)}
-
-
 def test_hf_offline_message(monkeypatch):
     def load_dataset(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'someone/web' on the Hub (LocalEntryNotFoundError)")
@@ -315,7 +304,7 @@ def test_prepare_writes_token_files(tmp_path):
     corpus = folder_corpus(tmp_path)
     out = prepare(corpus, ByteTokenizer(), tmp_path / "tokens", progress=False)
     for split in ("train", "val"):
-        tokens = load_tokens(out, split)
+        tokens = load_tokens(out, split)  # one shard: a plain memory map
         assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16
         assert decoded_split(out, split, ByteTokenizer()) == "\n\n".join(getattr(corpus, split))
         with pytest.raises(ValueError):
@@ -326,14 +315,18 @@ def test_prepare_writes_token_files(tmp_path):
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == 256
     assert meta["corpus"] == corpus.name and meta["tokenizer"] == {"type": "byte"}
     assert meta["documents"] == {"train": len(corpus.train), "val": len(corpus.val)}
-    assert (out / "train.bin").stat().st_size == 2 * train_bytes
+    assert (out / "train.000000.bin").stat().st_size == 2 * train_bytes
+    assert meta["shards"]["train"] == [
+        {"file": "train.000000.bin", "tokens": train_bytes,
+         "end": {"document": len(corpus.train) - 1, "token": 2 + len(corpus.train[-1].encode())}}
+    ]
     assert isinstance(load_tokenizer(out / "tokenizer.json"), ByteTokenizer)
     assert sorted(p.name for p in out.iterdir()) == [
         "meta.json",
         "tokenizer.json",
-        "train.bin",
-        "val.bin",
-    ]  # no temporary files left behind
+        "train.000000.bin",
+        "val.000000.bin",
+    ]  # no temporary files, no progress.json left behind
 
 
 def test_prepare_separates_documents_with_eot(tmp_path):
@@ -359,9 +352,9 @@ def test_prepare_reuses_and_rebuilds(tmp_path):
     corpus = folder_corpus(tmp_path)
     out = tmp_path / "tokens"
     prepare(corpus, ByteTokenizer(), out, progress=False)
-    before = (out / "train.bin").stat()
+    before = (out / "train.000000.bin").stat()
     prepare(corpus, ByteTokenizer(), out, progress=False)  # same corpus and tokenizer: reused
-    after = (out / "train.bin").stat()
+    after = (out / "train.000000.bin").stat()
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
 
     prepare(corpus, EotByteTokenizer(), out, progress=False)  # another tokenizer: rebuilt
@@ -370,7 +363,7 @@ def test_prepare_reuses_and_rebuilds(tmp_path):
     prepare(changed, EotByteTokenizer(), out, progress=False)  # other documents: rebuilt
     assert load_meta(out)["documents"]["train"] == len(corpus.train) - 1
 
-    (out / "val.bin").write_bytes(b"\0\0")  # damaged file: rebuilt
+    (out / "val.000000.bin").write_bytes(b"\0\0")  # damaged file: rebuilt
     prepare(changed, EotByteTokenizer(), out, progress=False)
     assert len(load_tokens(out, "val")) == load_meta(out)["tokens"]["val"] > 1
 
@@ -382,7 +375,7 @@ def test_failed_prepare_leaves_no_partial_state(tmp_path):
     with pytest.raises(RuntimeError, match="tokenizer broke"):
         prepare(corpus, FailingTokenizer(), out, num_workers=1, progress=False)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["tokenizer.json", "train.bin", "val.bin"]  # old files; no temp files
+    assert "meta.json" not in names and not [n for n in names if n.endswith(".tmp")], names
     with pytest.raises(FileNotFoundError, match="prepare"):
         load_tokens(out, "train")  # meta.json went first: the folder is not taken for valid
 
@@ -397,9 +390,9 @@ def test_parallel_and_generic_paths_match_the_fast_path(tmp_path):
         corpus, GenericByteTokenizer(), tmp_path / "parallel", num_workers=2, progress=False
     )
     for split in ("train", "val"):
-        expected = (fast / f"{split}.bin").read_bytes()
-        assert (serial / f"{split}.bin").read_bytes() == expected
-        assert (parallel / f"{split}.bin").read_bytes() == expected
+        expected = (fast / f"{split}.000000.bin").read_bytes()
+        assert (serial / f"{split}.000000.bin").read_bytes() == expected
+        assert (parallel / f"{split}.000000.bin").read_bytes() == expected
 
 
 def test_prepare_full_stdlib_is_fast(tmp_path):
