@@ -219,7 +219,7 @@ def check_forward(forward_from_parts) -> None:
     seed = fresh_seed()
     with fresh_case(seed) as generator:  # a model and tokens no one knew in advance
         n_head = _fresh_int(generator, 1, 4)
-        sizes = dict(vocab_size=_fresh_int(generator, 10, 120), block_size=16,
+        sizes = dict(vocab_size=_fresh_int(generator, 40, 120), block_size=16,  # V > C
                      n_layer=_fresh_int(generator, 1, 4), n_head=n_head,
                      n_embd=n_head * 2 * _fresh_int(generator, 2, 7))
         shape = (_fresh_int(generator, 1, 4), _fresh_int(generator, 1, 17))
@@ -253,6 +253,8 @@ def _check_forward_case(forward_from_parts, seed, sizes, shape) -> None:
                           "position, (B, T, V), not only the last one")
     same_shape(logits, expected, what)
     for why, value in wrong.items():
+        if torch.allclose(value, right, atol=1e-5, rtol=1e-4):
+            continue  # no mistake in this model (with one block, chained or not is the same)
         if torch.allclose(logits.detach().float(), value, atol=1e-5, rtol=1e-4):
             raise CheckFailed(f"{what} is not model(idx): you {why}")
     close(logits, expected, what, atol=1e-4)
