@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minigpt.checkpoint import (
+    SAVED_MODEL_FILES,
+    CheckpointError,
+    atomic_write_bytes,
+    refuse_saved_model,
+)
 from minigpt.instruct import (  # noqa: F401  (re-exported: finetune.format_prompt etc.)
     END_OF_TEXT,
     FORMATS,
@@ -75,6 +82,10 @@ from minigpt.instruct import (  # noqa: F401  (re-exported: finetune.format_prom
 from minigpt.lora import apply_lora, count_parameters, merge_lora, save_lora
 from minigpt.model import GPT
 
+RECORD = "finetune.json"  # settings, status ("running", "interrupted", "finished") and scores
+# Settings a resumed finetune must share with the run it continues.
+RESUME_FIELDS = ("data", "base", "method", "format", "val_data", "val_fraction", "tokenizer",
+                 "max_length", "rank", "alpha", "targets", "seed", "batch_size")
 LORA_TARGETS = {"attention": ("qkv_proj", "out_proj"),
                 "all": ("qkv_proj", "out_proj", "fc", "proj")}
 
@@ -270,6 +281,7 @@ class FinetuneConfig:
     val_fraction: float = 0.1
     tokenizer: str = "auto"  # "auto": the base's own (GPT-2's for GPT-2 weights)
     max_length: int = 0  # longest example in tokens; 0 means the model's block_size
+    skip_long: bool = False  # leave out examples whose prompt fills max_length (else an error)
     # LoRA (eq. 10.3)
     rank: int = 8
     alpha: float = 16.0
@@ -396,16 +408,76 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
 
     Returns the scores: validation loss (language model) and, on up to eval_examples validation
     examples, exact match and ROUGE of the greedy answers, or accuracy for classification.
+    out_dir must be new (or, with `resume`, hold this same finetune): it never overwrites the
+    base model or another run. A run stopped by Ctrl-C or SIGTERM keeps its checkpoint, writes
+    no model, and raises `minigpt.train.TrainingInterrupted`; `resume=True` continues it.
     """
-    from minigpt.train import Trainer
+    from minigpt.runlock import RunLock
 
     if not config.data:
-        raise ValueError("no data: pass data=FILE.jsonl")
+        raise ValueError("no data: pass data=FILE.jsonl (`python -m minigpt.tasks classify "
+                         "data/classify` writes an offline example task)")
+    check_out_dir(config, resume)
+    with RunLock(config.out_dir):
+        check_out_dir(config, resume)  # again: another run may have written it meanwhile
+        return _finetune(config, resume)
+
+
+def check_out_dir(config: FinetuneConfig, resume: bool) -> None:
+    """Refuse an out_dir that is the base model's folder, or that holds a model, a checkpoint
+    or a finetune other than the one `resume` continues."""
+    out, base = Path(config.out_dir).expanduser(), Path(config.base).expanduser()
+    if base.exists() and out.resolve() == base.resolve():
+        raise CheckpointError(f"out_dir={config.out_dir} is the base model's folder; finetuning "
+                              "there would overwrite the base. Choose another out_dir")
+    if (out / "ckpt.pt").is_file():
+        raise CheckpointError(f"{out} holds a training run (ckpt.pt); a finetune there would "
+                              "mix with it. Choose another out_dir")
+    record = _read_record(out)
+    if not resume:
+        # finetune.json alone is a run that died before its first checkpoint: nothing to lose
+        found = [name for name in (*SAVED_MODEL_FILES, "train/ckpt.pt") if (out / name).is_file()]
+        if found:
+            again = (" or pass --resume to continue the same finetune"
+                     if (out / "train/ckpt.pt").is_file() else "")
+            raise CheckpointError(f"{out} already holds {', '.join(found)} of another run; "
+                                  f"choose another out_dir{again}")
+    elif record is None and any((out / name).is_file() for name in SAVED_MODEL_FILES):
+        refuse_saved_model(out, "a finetune")
+    elif record is not None:
+        saved = record.get("config", {})
+        differ = [f"{k}: then {saved.get(k)!r}, now {getattr(config, k)!r}"
+                  for k in RESUME_FIELDS if saved.get(k) != getattr(config, k)]
+        if differ:
+            raise CheckpointError(f"cannot resume the finetune in {out}: "
+                                  + "; ".join(differ) + ". Use its settings or a new out_dir")
+
+
+def _read_record(out: Path) -> dict | None:
+    path = out / RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path} is damaged (not JSON); choose another out_dir") from None
+
+
+def _write_record(config: FinetuneConfig, **fields) -> None:
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = json.dumps({"config": config.to_dict(), **fields}, indent=2) + "\n"
+    atomic_write_bytes(out / RECORD, data.encode())
+
+
+def _finetune(config: FinetuneConfig, resume: bool) -> dict:
+    from minigpt.train import Trainer, TrainingInterrupted
+
     examples, format = load_examples(config.data, config.format)
     train_examples, val_examples = _split_validation(examples, config)
     torch.manual_seed(config.seed)  # the classification head and LoRA's A start from here
     base, tokenizer = load_base(config.base, config.tokenizer)
-    max_length = min(config.max_length or base.config.block_size, base.config.block_size)
+    max_length = _max_length(config, base.config.block_size)
     labels = None
     if format == "classification":
         labels = sorted({e["label"] for e in train_examples})
@@ -422,27 +494,81 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> dict:
             model.head.requires_grad_(True)  # a new head always trains
     pad = PAD_INPUT if labels is not None else (tokenizer.eot_token or 0)
     encode = lambda data, name: encode_examples(data, tokenizer, max_length, format,  # noqa: E731
-                                                labels, name)
+                                                labels, name, skip_long=config.skip_long)
     train_data = ExampleBatches(encode(train_examples, config.data), config.batch_size,
                                 seed=config.seed, pad_id=pad)
     val_data = (ExampleBatches(encode(val_examples, config.val_data or "validation data"),
                                config.batch_size, shuffle=False, pad_id=pad)
                 if val_examples else None)
-    trainer = Trainer(train_config(config, len(val_data) if val_data else 0), model=model,
-                      train_data=train_data, val_data=val_data, tokenizer=tokenizer,
-                      resume=resume)
-    last = trainer.fit()
+    _write_record(config, format=format, status="running")
+    with Trainer(train_config(config, len(val_data) if val_data else 0), model=model,
+                 train_data=train_data, val_data=val_data, tokenizer=tokenizer,
+                 resume=resume) as trainer:
+        last = trainer.fit()
+    if trainer.interrupted_by:
+        _write_record(config, format=format, status="interrupted", steps=trainer.step)
+        raise TrainingInterrupted(trainer.interrupted_by, trainer.step, config.out_dir)
     model.eval()
     scores = {"val_loss": last.get("val_loss"), "train_loss": last.get("loss"),
               **count_parameters(model)}
     scores.update(_score(model, tokenizer, val_examples[: config.eval_examples], labels,
                          max_length, config.max_new_tokens))
     _save(model, tokenizer, config, labels)
-    out = Path(config.out_dir)
-    (out / "finetune.json").write_text(json.dumps(
-        {"config": config.to_dict(), "format": format, "steps": trainer.step,
-         "scores": scores}, indent=2))
+    _write_record(config, format=format, status="finished", steps=trainer.step, scores=scores)
     return scores
+
+
+def _max_length(config: FinetuneConfig, block_size: int) -> int:
+    if config.max_length > block_size:
+        raise ValueError(f"max_length={config.max_length} exceeds the base model's context "
+                         f"(block_size={block_size}); use at most {block_size}")
+    return config.max_length or block_size
+
+
+@torch.no_grad()
+def evaluate_finetune(out_dir, split="val", max_batches=200, batch_size=16, device="cpu"):
+    """The loss of a finished finetune on its own validation examples (split "val") or training
+    examples ("train"): answer tokens only for instructions (eq. 10.1), the label's cross-entropy
+    and the accuracy for classification. The same split and encoding as in training."""
+    from minigpt.config import from_dict
+    from minigpt.tokenizer import load_tokenizer
+
+    out = Path(out_dir)
+    record = _read_record(out) or {}
+    if record.get("status") != "finished":
+        raise ValueError(f"the finetune in {out} has not finished (status "
+                         f"{record.get('status')!r}); continue it with --resume first")
+    config = from_dict(FinetuneConfig, record["config"])
+    examples, format = load_examples(config.data, config.format)
+    examples = dict(zip(("train", "val"), _split_validation(examples, config), strict=True))[split]
+    if not examples:
+        raise ValueError(f"the finetune in {out} has no {split} examples (val_fraction=0 and no "
+                         "val_data); pass dataset=NAME to evaluate it on a corpus instead")
+    classify = format == "classification"
+    model = GPTClassifier.from_pretrained(out) if classify else GPT.from_pretrained(out)
+    model = model.to(device).eval()
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    encoded = encode_examples(examples, tokenizer, _max_length(config, model.config.block_size),
+                              format, model.labels if classify else None, str(config.data),
+                              skip_long=config.skip_long)
+    batches = ExampleBatches(encoded, batch_size, shuffle=False,
+                             pad_id=PAD_INPUT if classify else (tokenizer.eot_token or 0))
+    total, count, correct = 0.0, 0, 0
+    for _ in range(min(max_batches, len(batches))):
+        x, y = batches.next_batch(device)
+        logits, loss = model(x, y)
+        counted = y.numel() if classify else int((y != IGNORE_INDEX).sum())
+        total, count = total + loss.item() * counted, count + counted
+        correct += int((logits.argmax(-1) == y).sum()) if classify else 0
+    what = "examples" if classify else "answer tokens"
+    result = {"loss": total / count, "perplexity": math.exp(total / count), "tokens": count,
+              "unit": what,
+              "about": f"(the finetune's own {split} examples from {config.data}: the loss over "
+                       f"{what} only, as in training)"}
+    if classify:
+        result["accuracy"] = correct / count
+        result["about"] += f"; accuracy {correct / count:.4f}"
+    return result
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,20 @@ IGNORE_INDEX = -100  # targets with this value are left out of the loss (eq. 10.
 PAD_INPUT = -1  # input padding of classification batches: no tokenizer produces a negative id
 END_OF_TEXT = "\x03"  # the response terminator for tokenizers without an end-of-text token
 FORMATS = ("alpaca", "chat", "classification")
+LINE = "_line"  # the key under which an example keeps its line number in the JSONL file
 ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+class PromptTooLong(ValueError):
+    """An example's prompt fills max_length tokens, leaving no room for its answer."""
+
+    def __init__(self, prompt_tokens: int, max_length: int):
+        self.prompt_tokens, self.max_length = prompt_tokens, max_length
+        super().__init__(
+            f"the prompt has {prompt_tokens} tokens but max_length={max_length} (the model's "
+            "context or the max_length setting): no room for the answer; shorten the prompt or "
+            "raise max_length"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,7 +68,10 @@ def read_jsonl(path) -> list[dict]:
     """The JSON objects of a JSONL file, one per non-blank line; errors name file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no data file at {path}")
+        raise FileNotFoundError(
+            f"no data file at {path}; write one JSON object per line (see `minigpt finetune "
+            "--help`), or make an offline task from the stdlib: `python -m minigpt.tasks "
+            "classify data/classify` writes data/classify/train.jsonl")
     records = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -117,6 +134,7 @@ def load_examples(path, format: str = "auto") -> tuple[list[dict], str]:
             example = {"text": _require_text(record, "text", where), "label": str(label)}
         else:
             example = {"messages": _check_messages(record.get("messages"), where)}
+        example[LINE] = record["_line"]  # so that later errors can point at the line
         examples.append(example)
     return examples, format
 
@@ -188,11 +206,7 @@ def encode_example(example: dict, tokenizer, max_length: int) -> tuple[list[int]
     ids, learned = _tokens(example, tokenizer)
     first = learned.index(True)
     if first >= max_length:
-        raise ValueError(
-            f"the prompt has {first} tokens but max_length={max_length} (the model's context "
-            "or the max_length setting): no room for the answer; shorten the prompt or raise "
-            "max_length"
-        )
+        raise PromptTooLong(first, max_length)
     ids, learned = ids[: max_length + 1], learned[: max_length + 1]
     targets = [token if keep else IGNORE_INDEX for token, keep in zip(ids[1:], learned[1:],
                                                                         strict=True)]
@@ -210,11 +224,13 @@ def prompt_ids(example: dict, tokenizer) -> list[int]:
 
 
 def encode_examples(examples, tokenizer, max_length: int, format: str, labels=None,
-                    source: str = "data"):
+                    source: str = "data", skip_long: bool = False):
     """Encode every example: (ids, targets) pairs for instructions, (ids, label index) pairs
-    for classification. Errors say which example (0-based) of `source` failed."""
-    encoded = []
+    for classification. Examples whose prompt leaves no room for an answer in `max_length`
+    tokens are an error that names them all by line, or are left out with `skip_long`."""
+    encoded, too_long = [], []
     for i, example in enumerate(examples):
+        where = f"line {example[LINE]}" if LINE in example else f"example {i}"
         try:
             if format == "classification":
                 ids = tokenizer.encode(example["text"])[:max_length]
@@ -223,9 +239,29 @@ def encode_examples(examples, tokenizer, max_length: int, format: str, labels=No
                 encoded.append((ids, labels.index(example["label"])))
             else:
                 encoded.append(encode_example(example, tokenizer, max_length))
+        except PromptTooLong as exc:
+            too_long.append((where, exc.prompt_tokens))
         except ValueError as exc:
-            raise ValueError(f"{source}, example {i}: {exc}") from None
+            raise ValueError(f"{source}, {where}: {exc}") from None
+    if too_long and not skip_long:
+        raise ValueError(_too_long_message(too_long, len(examples), source, max_length))
+    if too_long:
+        print(f"left out {len(too_long)} of {len(examples)} examples of {source} whose prompts "
+              f"do not fit max_length={max_length} tokens", file=sys.stderr)
+    if not encoded:
+        raise ValueError(f"{source}: no example fits max_length={max_length} tokens")
     return encoded
+
+
+def _too_long_message(too_long, total: int, source: str, max_length: int) -> str:
+    shown = ", ".join(where for where, _ in too_long[:5])
+    more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
+    longest = max(tokens for _, tokens in too_long)
+    return (f"{len(too_long)} of {total} examples in {source} leave no room for an answer in "
+            f"max_length={max_length} tokens ({shown}{more}; the longest prompt has {longest} "
+            "tokens). Raise max_length up to the base model's context, pass skip_long=true to "
+            "leave them out, or write shorter examples (python -m minigpt.tasks ... "
+            "--max-chars N)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -508,6 +508,20 @@ class Trainer:
         if self.tokenizer is not None and self.dist.is_main:
             self.tokenizer.save(self.out_dir / "tokenizer.json")
         log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        self.interrupted_by = None
+        with self._graceful_interrupt():  # from here on a signal stops at a step boundary
+            last = self._loop(stop_at, log, on_log)
+        if self.interrupted_by and self.dist.is_main:
+            print(f"\ninterrupted ({signal.Signals(self.interrupted_by).name}): checkpoint "
+                  f"saved at step {self.step} in {self.out_dir}", file=sys.stderr)
+        if self.dist.is_main and self.step >= c.max_iters:
+            plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
+        return last
+
+    def _loop(self, stop_at: int, log: MetricsLog, on_log) -> dict:
+        """The steps of fit(): train, log, evaluate, checkpoint; stop at `stop_at` or when a
+        signal asks."""
+        c = self.config
         if self.step == 0:
             if self.dist.is_main:  # records of a run that died before its first checkpoint
                 log.path.unlink(missing_ok=True)
@@ -519,42 +533,35 @@ class Trainer:
         bar = self._progress_bar(stop_at)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         last = {}
-        self.interrupted_by = None
-        with self._graceful_interrupt():
-            timer = _Timer(self.device, self.step)
-            while self.step < stop_at:
-                loss = self.train_step()
-                nonfinite |= ~torch.isfinite(loss)
-                stopping = self._stop_agreed()
-                record = {}
-                if self.step % c.log_interval == 0 or self.step == stop_at or stopping:
-                    self._check_finite(nonfinite)
-                    record.update(self._throughput(loss, timer))
-                if self.step % c.eval_interval == 0 or self.step == c.max_iters:
-                    self._check_finite(nonfinite)
-                    record.update(self.evaluate())
-                    self.best_val_loss = min(self.best_val_loss, record.get("val_loss", math.inf))
-                if record:  # before the checkpoint: see the docstring
-                    last = {"step": self.step, **record}
-                    log.write(last)
-                    bar.set_postfix(loss=f"{last.get('loss', last.get('val_loss')):.3f}")
-                    if on_log is not None:
-                        on_log(last)
-                if self.step % checkpoint_every == 0 or self.step == stop_at or stopping:
-                    self._check_finite(nonfinite, weights=True)
-                    self.save()
-                if record:
-                    timer.restart(self.step)
-                bar.update(1)
-                if stopping:
-                    self.interrupted_by = stopping
-                    break
+        timer = _Timer(self.device, self.step)
+        while self.step < stop_at:
+            loss = self.train_step()
+            nonfinite |= ~torch.isfinite(loss)
+            stopping = self._stop_agreed()
+            record = {}
+            if self.step % c.log_interval == 0 or self.step == stop_at or stopping:
+                self._check_finite(nonfinite)
+                record.update(self._throughput(loss, timer))
+            if self.step % c.eval_interval == 0 or self.step == c.max_iters:
+                self._check_finite(nonfinite)
+                record.update(self.evaluate())
+                self.best_val_loss = min(self.best_val_loss, record.get("val_loss", math.inf))
+            if record:  # before the checkpoint: see the docstring
+                last = {"step": self.step, **record}
+                log.write(last)
+                bar.set_postfix(loss=f"{last.get('loss', last.get('val_loss')):.3f}")
+                if on_log is not None:
+                    on_log(last)
+            if self.step % checkpoint_every == 0 or self.step == stop_at or stopping:
+                self._check_finite(nonfinite, weights=True)
+                self.save()
+            if record:
+                timer.restart(self.step)
+            bar.update(1)
+            if stopping:
+                self.interrupted_by = stopping
+                break
         bar.close()
-        if self.interrupted_by and self.dist.is_main:
-            print(f"\ninterrupted ({signal.Signals(self.interrupted_by).name}): checkpoint "
-                  f"saved at step {self.step} in {self.out_dir}", file=sys.stderr)
-        if self.dist.is_main and self.step >= c.max_iters:
-            plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
         return last
 
     def _stop_agreed(self) -> int:
@@ -696,22 +703,55 @@ def load_run(out_dir, device="cpu"):
 
 
 @torch.no_grad()
-def evaluate_run(out_dir, split="val", max_batches=200, batch_size=16, device="auto") -> dict:
-    """Mean next-token loss of a run's model over consecutive windows of a split."""
+def evaluate_run(out_dir, split="val", max_batches=200, batch_size=16, device="auto",
+                 dataset: str | None = None) -> dict:
+    """Mean next-token loss of a run's model over consecutive windows of a split of the corpus
+    it trained on, or of `dataset`. A finetune's folder is scored on its own validation
+    examples (`minigpt.finetune.evaluate_finetune`). The result's "about" says what was read."""
     from minigpt.data import SequentialSampler, load_tokens
 
+    out_dir = Path(out_dir)
     device = platform.resolve_device(device)
+    if dataset is None and (out_dir / "finetune.json").is_file():
+        from minigpt.finetune import evaluate_finetune
+
+        return evaluate_finetune(out_dir, split, max_batches, batch_size, device)
     model, tokenizer = load_run(out_dir, device)
-    config = TrainConfig.from_dict(load_checkpoint(Path(out_dir) / "ckpt.pt")["config"])
+    config = _evaluation_config(out_dir, dataset)
     data_dir, _ = Trainer.prepare_data(config, tokenizer)
     sampler = SequentialSampler(load_tokens(data_dir, split), model.config.block_size,
                                 batch_size, split=split)
-    total, count = 0.0, 0
+    total, count, windows = 0.0, 0, 0
     for _ in range(min(max_batches, len(sampler))):
         x, y = sampler.next_batch(device)
         _, loss = model(x, y)
-        total, count = total + loss.item() * y.numel(), count + y.numel()
-    return {"loss": total / count, "perplexity": math.exp(total / count), "tokens": count}
+        total, count, windows = total + loss.item() * y.numel(), count + y.numel(), windows + len(y)
+    if count == 0:
+        raise ValueError(f"the {split} split of {config.dataset} is shorter than one window of "
+                         f"{model.config.block_size + 1} tokens; evaluate on a larger corpus")
+    about = (f"({windows} consecutive windows of {model.config.block_size} tokens of the {split} "
+             f"split of {config.dataset}, read in order from its start; the training log's "
+             "val_loss averages eval_iters random windows instead, so the two differ a little)")
+    return {"loss": total / count, "perplexity": math.exp(total / count), "tokens": count,
+            "about": about}
+
+
+def _evaluation_config(out_dir: Path, dataset: str | None) -> TrainConfig:
+    """The data settings to evaluate a folder's model with: its training run's, with `dataset`
+    swapped in when given; a saved model (no training run) needs `dataset`."""
+    if (out_dir / "ckpt.pt").is_file() and not (out_dir / "config.json").is_file():
+        saved = load_checkpoint(out_dir / "ckpt.pt", require=("model", "config"))["config"]
+        try:
+            config = TrainConfig.from_dict(saved)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{out_dir / 'ckpt.pt'}: its config is invalid ({exc})"
+                                  ) from None
+        return dataclasses.replace(config, dataset=dataset) if dataset else config
+    if not dataset:
+        raise ValueError(f"{out_dir} holds a saved model, not a training run, so it has no corpus "
+                         "of its own: pass dataset=NAME (e.g. dataset=stdlib) to evaluate it")
+    return TrainConfig(out_dir=str(out_dir), dataset=dataset,
+                       tokenizer=str(out_dir / "tokenizer.json"))
 
 
 def build_tokenizer(spec: str, corpus, save_to: Path | None = None):
@@ -724,7 +764,9 @@ def build_tokenizer(spec: str, corpus, save_to: Path | None = None):
     if trained_here and save_to is not None and Path(save_to).exists():
         return load_tokenizer(save_to)
     if spec == "char":
-        return CharTokenizer.from_text(corpus.text("train") + corpus.text("val"))
+        # "\n\n" separates documents in the token files when there is no end-of-text token,
+        # so it belongs in the vocabulary even when no document contains a newline
+        return CharTokenizer.from_text(corpus.text("train") + "\n\n" + corpus.text("val"))
     if spec.startswith("bpe:"):
         size = spec.split(":", 1)[1]
         if not size.isdigit():

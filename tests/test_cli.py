@@ -249,10 +249,110 @@ def test_an_argument_that_is_not_a_setting(capsys):
 def test_prepare_reports_the_token_folder(cache, capsys, corpus_file):
     code, out, err = main_result(capsys, ["prepare", f"dataset={corpus_file}"])
     assert code == 0, err
-    match = re.search(r"token files ready in (\S+)$", out.strip())
-    assert match, out
-    assert (Path(match[1]) / "meta.json").is_file()
-    assert Path(match[1]).is_relative_to(cache)
+    folder = Path(out.strip().splitlines()[-1])  # alone on the last line, for scripts
+    assert (folder / "meta.json").is_file()
+    assert folder.is_relative_to(cache)
+
+
+# ------------------------------------------------------------------- every error is one line
+
+
+@pytest.fixture(scope="module")
+def broken(trained):
+    """Folders that hold damaged or foreign files, next to the trained run."""
+    import json
+
+    import torch
+
+    from minigpt import GPT, GPTConfig
+
+    cwd = trained["cwd"]
+    (cwd / "nocfg").mkdir()
+    torch.save({"model": {}}, cwd / "nocfg" / "ckpt.pt")
+    (cwd / "badcfg").mkdir()
+    (cwd / "badcfg" / "config.json").write_text('{"model_type": "minigpt"}')
+    model = GPT(GPTConfig(vocab_size=256, block_size=32, n_layer=1, n_head=2, n_embd=32))
+    model.save_pretrained(cwd / "trunc")
+    weights = (cwd / "trunc" / "model.safetensors").read_bytes()
+    (cwd / "trunc" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    shutil.copy(cwd / "runs/a/tokenizer.json", cwd / "trunc")
+    (cwd / "pickled").mkdir()  # a pickle that would run code if it were unpickled
+    torch.save({"step": Path("x")}, cwd / "pickled" / "pytorch_model.bin")
+    (cwd / "pickled" / "config.json").write_text(json.dumps(
+        {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "vocab_size": 256}))
+    (cwd / "objects").mkdir()
+    torch.save({"model": {}, "config": Path("x")}, cwd / "objects" / "ckpt.pt")
+    return cwd
+
+
+BAD_INPUTS = [  # (what a user types, words the one line must hold)
+    (["eval", "out_dir=runs/a", "max_batches=0"], "max_batches=0: must be ≥ 1"),
+    (["eval", "out_dir=runs/a", "batch_size=0"], "batch_size=0: must be ≥ 1"),
+    (["sample", "out_dir=nocfg"], "lacks 'model_config'"),
+    (["train", "out_dir=nocfg", "--resume"], "lacks 'optimizer'"),
+    (["sample", "out_dir=badcfg"], "has no 'config' table"),
+    (["sample", "out_dir=trunc"], "model.safetensors is truncated"),
+    (["train", "init_from=pickled", "out_dir=new"], "holds Python objects"),
+    (["sample", "out_dir=objects"], "holds Python objects"),
+    (["sample", "out_dir=runs/a", "num_samples=0"], "num_samples=0: must be ≥ 1"),
+    (["sample", "out_dir=runs/a", "temperature=nan"], "temperature='nan': must be a finite"),
+    (["sample", "out_dir=runs/a", "top_k=2.5"], "top_k='2.5': expected int"),
+    (["sample", "out_dir=runs/a", "top_p=inf"], "top_p='inf': must be a finite"),
+    (["train", "grad_clip=nan", "out_dir=new"], "grad_clip='nan': must be a finite number"),
+    (["train", "min_lr=inf", "out_dir=new"], "min_lr='inf': must be a finite number"),
+    (["finetune", "base=runs/a", "data=missing.jsonl", "out_dir=ft"],
+     "python -m minigpt.tasks"),
+    (["finetune", "base=gpt2", "data=d.jsonl", "out_dir=ft"], "could not load 'gpt2'"),
+]
+
+
+def test_every_bad_input_gives_one_line_and_no_traceback(broken, module_env):
+    """Each case in its own process, as a user would type it; all of them at once."""
+    (broken / "d.jsonl").write_text('{"instruction": "Add.", "output": "3"}\n')
+    env = {**module_env, "HF_HUB_OFFLINE": "1"}  # no model hub here: fail fast, as offline
+    processes = [subprocess.Popen([*minigpt_command(), *args], cwd=broken, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for args, _ in BAD_INPUTS]
+    for (args, words), process in zip(BAD_INPUTS, processes, strict=True):
+        out, err = process.communicate(timeout=600)
+        assert process.returncode not in (0, None), (args, out)
+        assert "Traceback" not in err and "weights_only=False" not in err, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, (args, err)
+        assert lines[0].startswith(f"minigpt {args[0]}:") and words in lines[0], (args, err)
+    assert not (broken / "new").exists() and not (broken / "ft").exists()
+
+
+def test_temperature_near_zero_samples_greedily(trained, module_env):
+    tiny = run(["sample", "out_dir=runs/a", "temperature=1e-45", "max_new_tokens=30"],
+               trained["cwd"], module_env)
+    greedy = run(["sample", "out_dir=runs/a", "temperature=0", "max_new_tokens=30"],
+                 trained["cwd"], module_env)
+    assert tiny.returncode == 0, tiny.stderr
+    assert tiny.stdout == greedy.stdout
+
+
+def test_a_character_tokenizer_works_on_a_file_without_newlines(cache, capsys, tmp_path):
+    one_line = tmp_path / "one.txt"
+    one_line.write_text("the cat sat on the mat and the dog sat on the log " * 30)
+    code, _, err = main_result(capsys, tiny_args(tmp_path / "run", one_line, "tokenizer=char"))
+    assert code == 0, err
+
+
+def test_eval_says_which_windows_it_read(trained, module_env):
+    result = run(["eval", "out_dir=runs/a", "max_batches=2"], trained["cwd"], module_env)
+    assert result.returncode == 0, result.stderr
+    assert "32 consecutive windows of 32 tokens of the val split" in result.stdout
+    assert "eval_iters random windows" in result.stdout
+
+
+def test_train_says_what_it_will_do_and_where(trained):
+    first, second = trained["first"].stdout, trained["second"].stdout
+    assert re.search(r"training \d+\.\d[KM] parameters on stdlib: 60 steps, 128 tokens per "
+                     r"step, cpu float32", first), first
+    assert "60 steps" in first and "run folder: runs/a" in first
+    assert "to go on this machine" in first
+    assert "resuming from step 60 of 120" in second
 
 
 # --------------------------------------------------------------------------- the default job

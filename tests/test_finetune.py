@@ -1,6 +1,7 @@
 """Tests for minigpt.finetune: instruction data, the masked loss (eq. 10.1), batches, the
 classification head (eq. 10.2), scores (eqs. 10.6-10.7), `finetune` and `minigpt finetune`."""
 
+import dataclasses
 import json
 import math
 import random
@@ -316,15 +317,22 @@ def test_classification_run_trains_a_head_and_reloads(tmp_path):
     assert (out / "adapter.safetensors").is_file()
 
 
-def test_a_prompt_longer_than_the_context_fails_before_training(tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", [ADD, dict(ADD, input="x" * 200)])
+def test_prompts_longer_than_the_context_are_named_by_line_before_training(tmp_path, capsys):
+    long = dict(ADD, input="x" * 200)
+    data = write_jsonl(tmp_path / "d.jsonl", [ADD, long, ADD, long])
     base = byte_base(tmp_path / "base", block_size=64, n_embd=32)
     config = ft.FinetuneConfig(data=str(data), base=str(base), out_dir=str(tmp_path / "o"),
                                steps=1, device="cpu", progress=False, val_fraction=0)
-    with pytest.raises(ValueError, match=r"d\.jsonl, example 1: the prompt has \d+ tokens but "
-                                         r"max_length=64"):
+    with pytest.raises(ValueError, match=r"2 of 4 examples in .*d\.jsonl leave no room for an "
+                                         r"answer in max_length=64 tokens \(line 2, line 4;"):
         ft.finetune(config)
     assert not (tmp_path / "o").exists()
+    # asking for more than the base's context is refused, not silently capped
+    with pytest.raises(ValueError, match="max_length=100 exceeds the base model's context"):
+        ft.finetune(dataclasses.replace(config, max_length=100))
+    # skip_long leaves them out and says how many
+    ft.finetune(dataclasses.replace(config, skip_long=True, eval_examples=0))
+    assert "left out 2 of 4 examples" in capsys.readouterr().err
 
 
 def test_config_checks_its_values():
