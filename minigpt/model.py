@@ -84,14 +84,15 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig: pos_encoding='sinusoidal' needs an even n_embd, got {self.n_embd}"
             )
-        if not self.rope_base > 0:
-            raise ValueError(f"GPTConfig.rope_base={self.rope_base!r}: must be > 0")
+        if not (self.rope_base > 0 and math.isfinite(self.rope_base)):
+            raise ValueError(f"GPTConfig.rope_base={self.rope_base!r}: must be a finite number > 0")
         if self.norm_position not in ("pre", "post"):
             raise ValueError(f"GPTConfig.norm_position={self.norm_position!r}: use 'pre' or 'post'")
         if self.activation not in ("gelu_tanh", "gelu"):
             raise ValueError(f"GPTConfig.activation={self.activation!r}: use 'gelu_tanh' or 'gelu'")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"GPTConfig.layer_norm_eps={self.layer_norm_eps!r}: must be > 0")
+        if not (self.layer_norm_eps > 0 and math.isfinite(self.layer_norm_eps)):
+            raise ValueError(f"GPTConfig.layer_norm_eps={self.layer_norm_eps!r}: must be a finite "
+                             "number > 0")
 
     @property
     def head_dim(self) -> int:

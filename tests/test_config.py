@@ -214,3 +214,44 @@ def test_train_config_accepts_ints_for_floats_and_round_trips_through_a_dict():
     assert set(config.to_dict()) == {f.name for f in dataclasses.fields(TrainConfig)}
     with pytest.raises(ValueError, match="unknown setting"):
         TrainConfig.from_dict({**config.to_dict(), "n_layers": 3})
+
+
+# --------------------------------------------------------------------------- non-finite values
+
+
+def _float_fields(cls):
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls)
+            if float in (typing.get_args(hints[f.name]) or (hints[f.name],))]
+
+
+def _settings_classes():
+    from minigpt.cli import EvalConfig, SampleConfig
+    from minigpt.finetune import FinetuneConfig
+    from minigpt.model import GPTConfig
+    from minigpt.train import TrainConfig
+
+    return [TrainConfig, FinetuneConfig, SampleConfig, EvalConfig, GPTConfig]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_setting_of_every_config_rejects_non_finite_values(bad):
+    """NaN passes every comparison (nan < 0 is False), so a range check alone would let
+    grad_clip=nan switch clipping off or min_lr=nan poison the schedule."""
+    checked = 0
+    for cls in _settings_classes():
+        for name in _float_fields(cls):
+            with pytest.raises(ValueError, match=rf"{name}=(-?inf|nan)"):
+                cls(**{name: bad})
+            checked += 1
+    assert checked >= 15  # learning rates, betas, clipping, LoRA alpha, temperature, ...
+
+
+def test_non_finite_values_are_refused_where_they_are_typed():
+    from minigpt.train import TrainConfig
+
+    for raw in ("nan", "inf", "-Infinity"):
+        with pytest.raises(ValueError, match=rf"grad_clip='{raw}': must be a finite number"):
+            configs.build(TrainConfig, None, [f"grad_clip={raw}"])

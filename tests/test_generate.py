@@ -343,3 +343,23 @@ def test_generate_text_can_stop_where_the_model_ends_its_document():
     assert text == "ab" + bytes(cut).decode("utf-8", errors="replace")
     kept = generate_text(model, tokenizer, "ab", 12, seed=3, temperature=1.0, top_k=None)
     assert kept == "ab" + bytes(free).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("setting, words", [
+    ({"top_k": 2.5}, "top_k=2.5: must be a positive integer"),
+    ({"top_k": True}, "top_k=True: must be a positive integer"),
+    ({"temperature": float("nan")}, "temperature=nan: must be a finite number"),
+    ({"temperature": float("inf")}, "temperature=inf: must be a finite number"),
+])
+def test_bad_sampling_arguments_are_named(setting, words):
+    model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(ValueError, match=words):
+        model.generate(torch.zeros(1, 1, dtype=torch.long), 2, **setting)
+
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 30
+    for temperature in (1e-45, 1e-30, 1e-8):
+        drawn = sample_next_token(logits, temperature=temperature)
+        assert torch.equal(drawn[:, 0], logits.argmax(dim=-1))
