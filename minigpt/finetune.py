@@ -563,12 +563,19 @@ def evaluate_finetune(out_dir, split="val", max_batches=200, batch_size=16, devi
     what = "examples" if classify else "answer tokens"
     result = {"loss": total / count, "perplexity": math.exp(total / count), "tokens": count,
               "unit": what,
-              "about": f"(the finetune's own {split} examples from {config.data}: the loss over "
-                       f"{what} only, as in training)"}
+              "about": f"(the finetune's own {split} examples, from {_source(config, split)}: "
+                       f"the loss over {what} only, as in training)"}
     if classify:
         result["accuracy"] = correct / count
         result["about"] += f"; accuracy {correct / count:.4f}"
     return result
+
+
+def _source(config: FinetuneConfig, split: str) -> str:
+    if split == "val" and config.val_data:
+        return config.val_data
+    share = config.val_fraction if split == "val" else 1 - config.val_fraction
+    return config.data if config.val_data else f"{config.data} ({share:.0%} of it, by seed)"
 
 
 @torch.no_grad()

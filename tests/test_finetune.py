@@ -374,6 +374,22 @@ def test_cli_finetune_runs_and_reports(tmp_path, capsys):
     assert "no data file at nowhere.jsonl" in capsys.readouterr().err
 
 
+def test_eval_of_a_finetune_scores_its_own_validation_answers(tmp_path, capsys):
+    rows = [dict(ADD, input=f"{i} {i}", output=str(2 * i)) for i in range(12)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    base = byte_base(tmp_path / "base", block_size=64, n_embd=32)
+    out = tmp_path / "out"
+    scores = ft.finetune(ft.FinetuneConfig(data=str(data), base=str(base), out_dir=str(out),
+                                           steps=3, batch_size=4, device="cpu", progress=False,
+                                           val_fraction=0.25, eval_examples=0))
+    assert cli_main(["eval", f"out_dir={out}", "device=cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "over" in printed and "answer tokens" in printed and "25% of it, by seed" in printed
+    loss = float(printed.split("val loss ")[1].split()[0])
+    # the same held-out examples (one batch of 3) and loss as the finetune's last evaluation
+    assert loss == pytest.approx(scores["val_loss"], rel=1e-4)
+
+
 # --------------------------------------------------------------------------- GPT-2 end to end
 
 
