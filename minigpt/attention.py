@@ -1,7 +1,9 @@
 """Attention: the explicit formula, multi-head self-attention, and a KV cache.
 
-Derived in notebooks/03_attention.ipynb (eqs. 3.1-3.6) and notebooks/04_multi_head_attention.ipynb
-(eqs. 4.1-4.4). Two paths live side by side and are tested equal:
+Derived in notebooks/03_attention.ipynb (eqs. 3.1-3.6; its gradients by hand, eqs. 3.7-3.11,
+are what autograd computes through these functions) and notebooks/04_multi_head_attention.ipynb
+(eqs. 4.1-4.7: heads, the fused projection, parameter and FLOP counts). Two paths live side by
+side and are tested equal:
 
 * `scaled_dot_product_attention` writes softmax(Q Kᵀ / √d_k) V out line by line, for reading
   and for the attention maps the notebooks plot;

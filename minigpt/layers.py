@@ -1,6 +1,7 @@
 """The transformer block: layer norm, the GELU feed-forward network, residual paths.
 
-Derived in notebooks/06_transformer_block.ipynb (eqs. 6.1-6.6). As elsewhere, each formula is
+Derived in notebooks/06_transformer_block.ipynb (eqs. 6.1-6.6; layer norm's Jacobian, eqs.
+6.7-6.8, explains how pre-LN and post-LN blocks pass gradients). As elsewhere, each formula is
 written out once (`layer_norm`, `gelu`) and the modules use PyTorch's fused kernels, tested equal.
 """
 
