@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -61,11 +62,13 @@ class EvalConfig:
     max_batches: int = 200  # windows are read in order; the evaluation stops after this many
     batch_size: int = 16
     dataset: str = ""  # a corpus to evaluate on; empty: the one the run trained on
+    data: str = ""  # --task hellaswag: a local jsonl; empty: the official file, cached
+    limit: int = 0  # --task hellaswag: the first this many examples (0: all)
     device: str = "auto"
 
     def __post_init__(self):
         configs.check_types(self)
-        _at_least(self, max_batches=1, batch_size=1)
+        _at_least(self, max_batches=1, batch_size=1, limit=0)
         if self.split not in ("train", "val"):
             raise ValueError(f"split={self.split!r}: use train or val")
 
@@ -108,8 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog=_settings_help(SampleConfig), formatter_class=raw)
     sample.add_argument("settings", nargs="*", metavar="KEY=VALUE")
 
-    evaluate = sub.add_parser("eval", help="loss and perplexity of a trained model",
-                              epilog=_settings_help(EvalConfig), formatter_class=raw)
+    evaluate = sub.add_parser(
+        "eval", help="loss and perplexity of a trained model, or its HellaSwag accuracy",
+        description="Loss and perplexity over a split of the run's corpus (or dataset=), or, "
+        "with --task hellaswag, zero-shot HellaSwag accuracy scored as lm-evaluation-harness "
+        "scores it. out_dir is a run folder, a saved model folder, or a nanoGPT ckpt.pt.",
+        epilog=_settings_help(EvalConfig), formatter_class=raw)
+    evaluate.add_argument("--task", choices=("loss", "hellaswag"), default="loss",
+                          help="what to measure (default: loss)")
+    evaluate.add_argument("--json", default=None,
+                          help="also write the result to this file (HellaSwag: with the "
+                               "log-likelihood of every ending)")
     evaluate.add_argument("settings", nargs="*", metavar="KEY=VALUE")
 
     from minigpt.finetune import FinetuneConfig
@@ -303,14 +315,35 @@ def cmd_eval(args) -> int:
     from minigpt.train import evaluate_run
 
     config = configs.build(EvalConfig, None, args.settings)
-    result = evaluate_run(config.out_dir, config.split, config.max_batches, config.batch_size,
-                          config.device, dataset=config.dataset or None)
-    for note in result.get("notes", []):
-        print(f"note: {note}", file=sys.stderr)
-    print(f"{config.split} loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
-          f"over {result['tokens']} {result.get('unit', 'tokens')}")
-    print(result["about"])
+    if args.task == "hellaswag":
+        result = _eval_hellaswag(config)
+        print(f"hellaswag acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  "
+              f"over {result['n']} examples")
+    else:
+        result = evaluate_run(config.out_dir, config.split, config.max_batches,
+                              config.batch_size, config.device, dataset=config.dataset or None)
+        print(f"{config.split} loss {result['loss']:.4f}  perplexity "
+              f"{result['perplexity']:.2f}  over {result['tokens']} "
+              f"{result.get('unit', 'tokens')}")
+        print(result["about"])
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def _eval_hellaswag(config: EvalConfig) -> dict:
+    from minigpt import hellaswag, platform
+    from minigpt.train import load_run
+
+    device = platform.resolve_device(config.device)
+    model, tokenizer = load_run(config.out_dir, device)
+    examples = hellaswag.load_examples(config.data or None, limit=config.limit or None)
+    dtype = platform.resolve_dtype("auto", device)
+    with platform.autocast(device, dtype):
+        return hellaswag.evaluate(model, tokenizer, examples, batch_size=config.batch_size,
+                                  device=device)
 
 
 def cmd_finetune(args) -> int:
@@ -326,7 +359,6 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import json
     import tempfile
     from pathlib import Path
 

@@ -55,12 +55,15 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def plot_loss_curve(metrics_path, png_path) -> None:
-    """Train and validation loss against step, from metrics.jsonl."""
+    """Train and validation loss against step, from metrics.jsonl; beside it HellaSwag accuracy
+    when the run measured it, with chance (1 in 4) marked."""
     from matplotlib.figure import Figure
 
     records = read_metrics(metrics_path)
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
+    hellaswag = [(r["step"], r["hellaswag_acc_norm"]) for r in records
+                 if "hellaswag_acc_norm" in r]
+    fig = Figure(figsize=(11 if hellaswag else 6, 4))
+    ax = fig.add_subplot(1, 2 if hellaswag else 1, 1)
     for key, style in (("loss", "-"), ("val_loss", "o-")):
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
@@ -70,5 +73,13 @@ def plot_loss_curve(metrics_path, png_path) -> None:
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.legend()
     ax.grid(alpha=0.3)
+    if hellaswag:
+        right = fig.add_subplot(1, 2, 2)
+        right.plot(*zip(*hellaswag, strict=True), "o-", label="acc_norm")
+        right.axhline(0.25, color="grey", linestyle=":", label="chance")
+        right.set_xlabel("step")
+        right.set_ylabel("HellaSwag accuracy")
+        right.legend()
+        right.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)

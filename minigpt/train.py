@@ -121,6 +121,9 @@ class TrainConfig:
     eval_iters: int = 20
     log_interval: int = 10
     checkpoint_interval: int = 0  # 0 means eval_interval
+    hellaswag_interval: int = 0  # HellaSwag accuracy every this many steps (0: never)
+    hellaswag_examples: int = 0  # the first this many validation examples (0: all 10,042)
+    hellaswag_data: str = ""  # a local HellaSwag jsonl; empty: the official file, cached
     # system
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     dtype: str = "auto"  # "auto", "float32", "bfloat16", "float16"
@@ -138,7 +141,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: must be ≥ 1")
         for name in ("total_batch_tokens", "warmup_iters", "lr_decay_iters", "weight_decay",
-                     "grad_clip", "checkpoint_interval", "sample_tokens", "min_lr"):
+                     "grad_clip", "checkpoint_interval", "sample_tokens", "min_lr",
+                     "hellaswag_interval", "hellaswag_examples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: must be ≥ 0")
         if not self.learning_rate > 0:
@@ -284,6 +288,7 @@ class Trainer:
         self.train_model = self._wrap_model()
         self.peak_flops = platform.peak_flops(self.device, self.dtype)
         self.flops_per_token = self.model.flops_per_token(self._seq_len())
+        self.hellaswag = self._load_hellaswag()
 
     def close(self) -> None:
         """Give back the run lock of out_dir (the end of the process does it too)."""
@@ -526,6 +531,8 @@ class Trainer:
             if self.dist.is_main:  # records of a run that died before its first checkpoint
                 log.path.unlink(missing_ok=True)
             first = {"step": 0, **self.evaluate()}
+            if c.hellaswag_interval:
+                first.update(self.evaluate_hellaswag())
             log.write(first)
             if on_log is not None:
                 on_log(first)
@@ -546,6 +553,9 @@ class Trainer:
                 self._check_finite(nonfinite)
                 record.update(self.evaluate())
                 self.best_val_loss = min(self.best_val_loss, record.get("val_loss", math.inf))
+            if c.hellaswag_interval and (self.step % c.hellaswag_interval == 0
+                                         or self.step == c.max_iters):
+                record.update(self.evaluate_hellaswag())
             if record:  # before the checkpoint: see the docstring
                 last = {"step": self.step, **record}
                 log.write(last)
@@ -563,6 +573,42 @@ class Trainer:
                 break
         bar.close()
         return last
+
+    def _load_hellaswag(self) -> list[dict] | None:
+        """This rank's share of the HellaSwag examples, when the run evaluates them; loaded now
+        so that a missing file fails before training, not hours into it."""
+        c = self.config
+        if not c.hellaswag_interval:
+            return None
+        from minigpt import hellaswag
+
+        load = lambda: hellaswag.load_examples(  # noqa: E731
+            c.hellaswag_data or None, limit=c.hellaswag_examples or None,
+            progress=c.progress and self.dist.is_main)
+        if self.dist.is_main:  # the first process downloads; the others read the cached copy
+            examples = load()
+        distributed.barrier(self.dist)
+        if not self.dist.is_main:
+            examples = load()
+        return examples[self.dist.rank::self.dist.world_size]
+
+    @torch.no_grad()
+    def evaluate_hellaswag(self) -> dict:
+        """HellaSwag acc and acc_norm (minigpt.hellaswag) over every rank's share."""
+        from minigpt import hellaswag
+
+        totals = torch.zeros(3, device=self.device)  # hits, normalised hits, examples
+        if self.hellaswag:
+            with platform.autocast(self.device, self.dtype):
+                result = hellaswag.evaluate(self.model, self.tokenizer, self.hellaswag,
+                                            batch_size=self.config.batch_size,
+                                            device=self.device, progress=False)
+            totals += torch.tensor([result["acc"] * result["n"], result["acc_norm"] * result["n"],
+                                    result["n"]], device=self.device)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(totals)
+        hits, hits_norm, n = totals.tolist()
+        return {"hellaswag_acc": hits / n, "hellaswag_acc_norm": hits_norm / n}
 
     def _stop_agreed(self) -> int:
         """The signal that asked to stop (0 if none). Under torchrun every rank must stop at the
@@ -676,6 +722,9 @@ def load_run(out_dir, device="cpu"):
     from minigpt.tokenizer import load_tokenizer, tokenizer_from_dict
 
     out_dir = Path(out_dir)
+    if out_dir.is_file():  # a nanoGPT ckpt.pt (minigpt's own runs are folders)
+        model = GPT.from_pretrained(out_dir).to(device).eval()
+        return model, load_tokenizer(_file_tokenizer(out_dir, model))
     has_checkpoint = (out_dir / "ckpt.pt").is_file()
     if (out_dir / "config.json").is_file():  # a folder written by save_pretrained
         if has_checkpoint:
@@ -702,6 +751,16 @@ def load_run(out_dir, device="cpu"):
     return model.to(device).eval(), tokenizer
 
 
+def _file_tokenizer(path: Path, model: GPT) -> str:
+    """The tokenizer of a model file that carries none: GPT-2's when the vocabulary is GPT-2's
+    (50257 ids, or 50304 padded as nanoGPT pads it), else a clear error."""
+    if model.config.vocab_size in (50257, 50304):
+        return "gpt2"
+    raise ValueError(f"{path} holds a model with {model.config.vocab_size} token ids and no "
+                     "tokenizer; minigpt can only assume GPT-2's for 50257 or 50304 ids. Save it "
+                     "with GPT.save_pretrained and a tokenizer.json beside it")
+
+
 @torch.no_grad()
 def evaluate_run(out_dir, split="val", max_batches=200, batch_size=16, device="auto",
                  dataset: str | None = None) -> dict:
@@ -717,7 +776,7 @@ def evaluate_run(out_dir, split="val", max_batches=200, batch_size=16, device="a
 
         return evaluate_finetune(out_dir, split, max_batches, batch_size, device)
     model, tokenizer = load_run(out_dir, device)
-    config = _evaluation_config(out_dir, dataset)
+    config = _evaluation_config(out_dir, dataset, model)
     data_dir, _ = Trainer.prepare_data(config, tokenizer)
     sampler = SequentialSampler(load_tokens(data_dir, split), model.config.block_size,
                                 batch_size, split=split)
@@ -736,10 +795,11 @@ def evaluate_run(out_dir, split="val", max_batches=200, batch_size=16, device="a
             "about": about}
 
 
-def _evaluation_config(out_dir: Path, dataset: str | None) -> TrainConfig:
+def _evaluation_config(out_dir: Path, dataset: str | None, model: GPT) -> TrainConfig:
     """The data settings to evaluate a folder's model with: its training run's, with `dataset`
     swapped in when given; a saved model (no training run) needs `dataset`."""
-    if (out_dir / "ckpt.pt").is_file() and not (out_dir / "config.json").is_file():
+    if out_dir.is_dir() and (out_dir / "ckpt.pt").is_file() and not (
+            out_dir / "config.json").is_file():
         saved = load_checkpoint(out_dir / "ckpt.pt", require=("model", "config"))["config"]
         try:
             config = TrainConfig.from_dict(saved)
@@ -750,8 +810,10 @@ def _evaluation_config(out_dir: Path, dataset: str | None) -> TrainConfig:
     if not dataset:
         raise ValueError(f"{out_dir} holds a saved model, not a training run, so it has no corpus "
                          "of its own: pass dataset=NAME (e.g. dataset=stdlib) to evaluate it")
-    return TrainConfig(out_dir=str(out_dir), dataset=dataset,
-                       tokenizer=str(out_dir / "tokenizer.json"))
+    tokenizer = (_file_tokenizer(out_dir, model) if out_dir.is_file()
+                 else str(out_dir / "tokenizer.json"))
+    return TrainConfig(out_dir=str(out_dir.parent if out_dir.is_file() else out_dir),
+                       dataset=dataset, tokenizer=tokenizer)
 
 
 def build_tokenizer(spec: str, corpus, save_to: Path | None = None):
