@@ -596,6 +596,8 @@ class FolderSource(DocumentSource):
             while True:
                 block = stream.read(TASK_BYTES)
                 data = carry + block
+                if not data:
+                    return
                 cut = data.rfind(b"\n") + 1 if block else len(data)
                 if cut == 0:  # one line longer than a block: read on
                     carry = data

@@ -291,9 +291,9 @@ class _LookaheadFreeBPE:
                     pieces.append(self._encode_joined(self.START + self.START.join(group)))
                     continue
             for text in group:
-                ids = self.reference.encode_to_numpy(text, allowed_special="all")
-                pieces.append((np.append(np.uint32(self.separator_id), ids),
-                               np.array([ids.size + 1])))
+                ids = self.reference.encode(text, allowed_special="all")  # mends lone surrogates
+                pieces.append((np.array([self.separator_id, *ids], dtype=np.uint32),
+                               np.array([len(ids) + 1])))
         return (np.concatenate([ids for ids, _ in pieces]),
                 np.concatenate([lengths for _, lengths in pieces]))
 
