@@ -214,6 +214,12 @@ class _Encoder:
 _WHITESPACE = np.zeros(0x3002, dtype=bool)
 _WHITESPACE[[*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028,
              0x2029, 0x202F, 0x205F, 0x3000]] = True
+# The UTF-8 of the whitespace characters above U+007F: text without them has one-byte spaces.
+_WIDE_SPACE = re.compile(
+    rb"\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]|\xe2\x81\x9f|\xe3\x80\x80"
+)
+_CUT_UTF8 = np.frombuffer("\ue000".encode(), dtype=np.uint8)  # EE 80 80
+_ASCII_SPACE = (np.arange(256) < 128) & _WHITESPACE[:256]  # a UTF-8 byte that is a whole space
 
 
 class _LookaheadFreeBPE:
@@ -269,17 +275,40 @@ class _LookaheadFreeBPE:
         return self._encode_each(texts)
 
     def _encode_joined(self, joined: str) -> tuple[np.ndarray, np.ndarray]:
-        points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)  # (n,) code points
-        space = _WHITESPACE[np.minimum(points, len(_WHITESPACE) - 1)]
-        follows = ~space & (points != ord(self.START))  # a non-space inside a document
-        cuts = np.flatnonzero(space[:-2] & space[1:-1] & follows[2:]) + 1
-        if cuts.size:
-            joined = np.insert(points, cuts, ord(self.CUT)).tobytes().decode("utf-32-le")
-        ids = self.fast.encode_to_numpy(joined, allowed_special=set(), disallowed_special=())
-        ids = ids[ids != self.cut_id] if cuts.size else np.array(ids)
+        raw = joined.encode("utf-8")
+        if raw.isascii() or not _WIDE_SPACE.search(raw):  # every space is one byte
+            cuts, text = self._cut_bytes(raw)
+        else:
+            cuts, text = self._cut_code_points(joined)
+        ids = self.fast.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        ids = ids[ids != self.cut_id] if cuts else np.array(ids)
         starts = np.flatnonzero(ids == self.start_id)  # one per document
         ids[starts] = self.separator_id
         return ids, np.diff(np.append(starts, ids.size))
+
+    def _cut_bytes(self, raw: bytes) -> tuple[int, str]:
+        """Mark the cuts in UTF-8 text whose whitespace is all ASCII; (cuts, marked text)."""
+        data = np.frombuffer(raw, dtype=np.uint8)  # (n,) bytes
+        space = _ASCII_SPACE[data]  # (n,)
+        follows = ~space  # a non-space that is not a document's START
+        leads = np.flatnonzero(data[:-2] == 0xEE)  # START is EE 80 81 in UTF-8
+        follows[leads[(data[leads + 1] == 0x80) & (data[leads + 2] == 0x81)]] = False
+        cuts = np.flatnonzero(space[:-2] & space[1:-1] & follows[2:]) + 1
+        if not cuts.size:
+            return 0, raw.decode("utf-8")
+        marked = np.insert(data, np.repeat(cuts, 3), np.tile(_CUT_UTF8, cuts.size))
+        return int(cuts.size), marked.tobytes().decode("utf-8")
+
+    def _cut_code_points(self, joined: str) -> tuple[int, str]:
+        """The same for any text, one code point at a time (four bytes each)."""
+        points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)  # (n,) code points
+        space = _WHITESPACE[np.minimum(points, len(_WHITESPACE) - 1)]
+        follows = ~space & (points != ord(self.START))
+        cuts = np.flatnonzero(space[:-2] & space[1:-1] & follows[2:]) + 1
+        if not cuts.size:
+            return 0, joined
+        marked = np.insert(points, cuts, ord(self.CUT))
+        return int(cuts.size), marked.tobytes().decode("utf-32-le")
 
     def _encode_each(self, texts):
         """Runs of safe documents together, the others one by one through the reference."""
