@@ -322,6 +322,8 @@ def cmd_eval(args) -> int:
     else:
         result = evaluate_run(config.out_dir, config.split, config.max_batches,
                               config.batch_size, config.device, dataset=config.dataset or None)
+        for note in result.get("notes", []):
+            print(f"note: {note}", file=sys.stderr)
         print(f"{config.split} loss {result['loss']:.4f}  perplexity "
               f"{result['perplexity']:.2f}  over {result['tokens']} "
               f"{result.get('unit', 'tokens')}")

@@ -60,6 +60,10 @@ CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "step", "best_val_loss", "con
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+CORPUS_CHANGED = ("the corpus (or tokenizer) differs from the one this run's checkpoint was "
+                  "trained on: a new Python has another stdlib, or the files changed")
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -260,6 +264,7 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.checkpoint_path = self.out_dir / "ckpt.pt"
         self.resumed_from: int | None = None  # the step a resumed run continues from
+        self.data_dir = self.data_fingerprint = None  # token files (None when data is given)
         self.interrupted_by: int | None = None  # the signal that stopped fit(), if one did
         self._stop_signal = 0
         self._lock = self._take_run_lock()
@@ -368,12 +373,14 @@ class Trainer:
         return data_dir, tokenizer
 
     def _build_data(self) -> None:
-        from minigpt.data import RandomWindowSampler, load_tokens
+        from minigpt.data import RandomWindowSampler, load_meta, load_tokens
 
         c = self.config
         # Only the first process writes the token files; the others wait, then map them.
         data_dir, self.tokenizer = self.prepare_data(c, self.tokenizer, write=self.dist.is_main)
         distributed.barrier(self.dist)
+        self.data_dir = data_dir
+        self.data_fingerprint = load_meta(data_dir).get("fingerprint")
         train_tokens, val_tokens = load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
         d = self.dist
         self.train_data = RandomWindowSampler(train_tokens, c.block_size, c.batch_size,
@@ -431,6 +438,7 @@ class Trainer:
             "train_data": self.train_data.state_dict(),
             "rng": _rng_state(),
             "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
+            "data_fingerprint": self.data_fingerprint,  # corpus + tokenizer the run trained on
         }
 
     def save(self) -> None:
@@ -446,6 +454,10 @@ class Trainer:
         self.best_val_loss = checkpoint["best_val_loss"]
         self.train_data.load_state_dict(checkpoint["train_data"])
         _set_rng_state(checkpoint["rng"])
+        saved = checkpoint.get("data_fingerprint")
+        if saved and self.data_fingerprint and saved != self.data_fingerprint and self.dist.is_main:
+            print(f"note: {CORPUS_CHANGED}; training goes on with today's token files",
+                  file=sys.stderr)
         if self.dist.is_main:
             truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
 
@@ -775,9 +787,16 @@ def evaluate_run(out_dir, split="val", max_batches=200, batch_size=16, device="a
         from minigpt.finetune import evaluate_finetune
 
         return evaluate_finetune(out_dir, split, max_batches, batch_size, device)
+    from minigpt.data import load_meta
+
     model, tokenizer = load_run(out_dir, device)
     config = _evaluation_config(out_dir, dataset, model)
     data_dir, _ = Trainer.prepare_data(config, tokenizer)
+    notes = []
+    if dataset is None and out_dir.is_dir() and (out_dir / "ckpt.pt").is_file():
+        trained_on = load_checkpoint(out_dir / "ckpt.pt").get("data_fingerprint")
+        if trained_on and trained_on != load_meta(data_dir).get("fingerprint"):
+            notes.append(f"{CORPUS_CHANGED}; this loss is over today's {split} split")
     sampler = SequentialSampler(load_tokens(data_dir, split), model.config.block_size,
                                 batch_size, split=split)
     total, count, windows = 0.0, 0, 0
@@ -792,7 +811,7 @@ def evaluate_run(out_dir, split="val", max_batches=200, batch_size=16, device="a
              f"split of {config.dataset}, read in order from its start; the training log's "
              "val_loss averages eval_iters random windows instead, so the two differ a little)")
     return {"loss": total / count, "perplexity": math.exp(total / count), "tokens": count,
-            "about": about}
+            "about": about, "notes": notes}
 
 
 def _evaluation_config(out_dir: Path, dataset: str | None, model: GPT) -> TrainConfig:

@@ -370,3 +370,16 @@ def test_plain_minigpt_train_runs_the_tiny_preset(module_env, tmp_path):
     # 600 steps of a 0.8M-parameter model learn much more than byte frequencies
     assert float(match[1]) < 0.5 * LN_256
     assert "sample:\n" + "-" * 60 + "\ndef " in result.stdout
+
+
+def test_eval_says_when_the_corpus_changed_since_training(cache, capsys, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 60)
+    out_dir = tmp_path / "run"
+    assert main_result(capsys, tiny_args(out_dir, corpus))[0] == 0
+    code, _, err = main_result(capsys, ["eval", f"out_dir={out_dir}", "max_batches=1"])
+    assert code == 0 and "note:" not in err
+    corpus.write_text("a different text altogether, read after training\n" * 60)
+    code, out, err = main_result(capsys, ["eval", f"out_dir={out_dir}", "max_batches=1"])
+    assert code == 0 and "val loss" in out
+    assert "note: the corpus (or tokenizer) differs from the one this run's checkpoint" in err
