@@ -734,8 +734,8 @@ def prepare(
     source = corpus.documents()
     run = _Tokenizing(out_dir, fingerprint, dtype, shard_tokens, max_tokens, len(separator))
     workers = _worker_count(source, encoder, num_workers)
-    bar = tqdm(desc=corpus.name, unit="tok", unit_scale=True, initial=run.tokens,
-               disable=not progress)
+    name = corpus.name if len(corpus.name) <= 40 else "…" + corpus.name[-39:]
+    bar = tqdm(desc=name, unit="tok", unit_scale=True, initial=run.tokens, disable=not progress)
     try:
         run.run(source, encoder, workers, bar)
     finally:
