@@ -516,7 +516,7 @@ class _Tokenizing:
 
     def __init__(self, folder: Path, fingerprint: str, dtype, shard_tokens: int, max_tokens: int,
                  separator_length: int):
-        self.folder, self.fingerprint = folder, fingerprint
+        self.folder, self.fingerprint, self.shard_tokens = folder, fingerprint, shard_tokens
         self.max_tokens, self.separator_length = max_tokens, separator_length
         progress = self._read_progress()
         self.writers = {}
@@ -538,11 +538,9 @@ class _Tokenizing:
             progress = json.loads((self.folder / "progress.json").read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return None
-        if progress.get("format") != FORMAT_VERSION or progress.get("fingerprint") != (
-            self.fingerprint
-        ):
-            return None
-        return progress
+        expected = (FORMAT_VERSION, self.fingerprint, self.shard_tokens)
+        found = (progress.get("format"), progress.get("fingerprint"), progress.get("shard_tokens"))
+        return progress if found == expected else None
 
     @property
     def tokens(self) -> int:
@@ -551,7 +549,8 @@ class _Tokenizing:
     def save(self) -> None:
         """Record the position reached; everything before it is on disk."""
         progress = {"format": FORMAT_VERSION, "fingerprint": self.fingerprint,
-                    "position": self.position, "units": self.units,
+                    "shard_tokens": self.shard_tokens, "position": self.position,
+                    "units": self.units,
                     "splits": {split: w.state() for split, w in self.writers.items()}}
         _atomic_write(self.folder / "progress.json", _json_bytes(progress))
 
@@ -652,12 +651,14 @@ def _shards_of(meta: dict, split: str) -> list[dict]:
     return [{"file": f"{split}.bin", "tokens": meta["tokens"][split]}]  # format 1: one file
 
 
-def _is_current(out_dir: Path, fingerprint: str) -> bool:
+def _is_current(out_dir: Path, fingerprint: str, shard_tokens: int) -> bool:
     try:
         meta = load_meta(out_dir)
     except (FileNotFoundError, json.JSONDecodeError):
         return False
-    if meta.get("fingerprint") != fingerprint or not (out_dir / "tokenizer.json").exists():
+    if meta.get("fingerprint") != fingerprint or meta.get("shard_tokens") != shard_tokens:
+        return False
+    if not (out_dir / "tokenizer.json").exists():
         return False
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split in SPLITS:
@@ -673,10 +674,9 @@ def _check_count(name: str, value, smallest: int) -> None:
         raise ValueError(f"{name} must be an integer ≥ {smallest}, not {value!r}")
 
 
-def _fingerprint(corpus: Corpus, tokenizer_json: bytes, shard_tokens: int,
-                 max_tokens: int) -> str:
-    settings = [FORMAT_VERSION, corpus.fingerprint(), tokenizer_json.decode("utf-8"),
-                shard_tokens, max_tokens]
+def _fingerprint(corpus: Corpus, tokenizer_json: bytes, max_tokens: int) -> str:
+    """Names the token stream: the same for any shard size (checked apart, in `_is_current`)."""
+    settings = [FORMAT_VERSION, corpus.fingerprint(), tokenizer_json.decode("utf-8"), max_tokens]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
 
 
@@ -703,7 +703,8 @@ def prepare(
     Resumable: every shard is written atomically, and ``progress.json`` records how far the
     corpus has been read; run again after a kill, `prepare` goes on from there and ends with the
     files an uninterrupted run writes. ``meta.json``, written last, lists the shards and holds a
-    fingerprint of corpus, tokenizer and settings: with the same three, it returns at once.
+    fingerprint of the token stream (corpus, tokenizer, `max_tokens`): with the same stream and
+    `shard_tokens`, `prepare` returns at once.
 
     `corpus` is a `Corpus` or anything `load_corpus` takes; `tokenizer` a tokenizer or anything
     `load_tokenizer` takes.
@@ -720,8 +721,8 @@ def prepare(
 
     _remove(out_dir, _TEMPORARY)  # left by a killed run
     tokenizer_json = _tokenizer_json(tokenizer, out_dir)
-    fingerprint = _fingerprint(corpus, tokenizer_json, shard_tokens, max_tokens)
-    if _is_current(out_dir, fingerprint):
+    fingerprint = _fingerprint(corpus, tokenizer_json, max_tokens)
+    if _is_current(out_dir, fingerprint, shard_tokens):
         (out_dir / "progress.json").unlink(missing_ok=True)
         return out_dir
     # From here on the folder is not a valid token folder until the new meta.json lands.

@@ -93,6 +93,20 @@ def test_shards_cut_one_stream_and_record_where_they_end(tmp_path):
     assert meta["shards"]["val"] == [] and meta["tokens"]["val"] == 0
 
 
+def test_another_shard_size_rewrites_the_files_of_the_same_stream(tmp_path):
+    corpus = Corpus("docs", tuple(documents(300)), ())
+    out = tmp_path / "t"
+    first = load_meta(prepare(corpus, EotByteTokenizer(), out, progress=False, shard_tokens=900))
+    again = load_meta(prepare(corpus, EotByteTokenizer(), out, progress=False, shard_tokens=400))
+    assert again["shard_tokens"] == 400 and len(again["shards"]["train"]) > len(
+        first["shards"]["train"])
+    assert again["fingerprint"] == first["fingerprint"]  # names the stream, not its files
+    assert np.array_equal(np.asarray(load_tokens(out, "train")),
+                          expected_stream(corpus.train))
+    assert not [p.name for p in out.iterdir() if p.name.startswith("train.") and p.name not in {
+        s["file"] for s in again["shards"]["train"]}]  # the old shards are gone
+
+
 def test_token_shards_index_like_their_concatenation():
     rng = np.random.default_rng(0)
     parts = [rng.integers(0, 60000, n).astype(np.uint16) for n in (7, 1, 30, 12)]
@@ -268,7 +282,7 @@ def test_a_resumed_prepare_starts_over_when_the_corpus_changed(tmp_path):
     (out / "progress.json").write_text(json.dumps({"format": 2, "fingerprint": "other"}))
     (out / "train.000000.bin").write_bytes(b"\1\1")
     (out / "notes.txt").write_text("not ours")
-    run = _Tokenizing(out, _fingerprint(corpus, b"{}", 10, 0), np.uint16, 10, 0, 1)
+    run = _Tokenizing(out, _fingerprint(corpus, b"{}", 0), np.uint16, 10, 0, 1)
     run.close()
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # only its own files went
 
