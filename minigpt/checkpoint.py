@@ -12,8 +12,6 @@ import os
 import pickle
 from pathlib import Path
 
-import torch
-
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the run it should resume."""
@@ -93,6 +91,8 @@ def refuse_saved_model(folder, what: str) -> None:
 
 def save_checkpoint(state: dict, path) -> None:
     """torch.save `state` atomically."""
+    import torch  # here, not at the top: the tokenizing workers of prepare never need it
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -119,6 +119,8 @@ def load_checkpoint(path, map_location="cpu", require=("model",)) -> dict:
 def load_weights_file(path, map_location="cpu"):
     """torch.load with weights_only=True: a checkpoint is data, never code to execute. A file
     that needs arbitrary unpickling is refused, with no advice to load it unsafely."""
+    import torch
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -140,13 +140,13 @@ class TrainConfig:
     def __post_init__(self):
         configs.check_types(self)
         positive = ("batch_size", "grad_accum_steps", "max_iters", "eval_interval",
-                    "eval_iters", "log_interval", "vocab_multiple")
+                    "eval_iters", "log_interval", "vocab_multiple", "shard_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: must be ≥ 1")
-        for name in ("total_batch_tokens", "warmup_iters", "lr_decay_iters", "weight_decay",
-                     "grad_clip", "checkpoint_interval", "sample_tokens", "min_lr",
-                     "hellaswag_interval", "hellaswag_examples"):
+        for name in ("total_batch_tokens", "max_tokens", "warmup_iters", "lr_decay_iters",
+                     "weight_decay", "grad_clip", "checkpoint_interval", "sample_tokens",
+                     "min_lr", "hellaswag_interval", "hellaswag_examples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: must be ≥ 0")
         if not self.learning_rate > 0:
@@ -343,8 +343,11 @@ class Trainer:
 
     def _check_compatible(self, saved: dict) -> None:
         current = self.config.to_dict()
-        differ = [f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}"
-                  for k in MODEL_FIELDS + DATA_FIELDS if saved.get(k) != current[k]]
+        # a setting newer than the checkpoint had, in effect, its default value
+        defaults = TrainConfig.__dataclass_fields__
+        then = {k: saved.get(k, defaults[k].default) for k in MODEL_FIELDS + DATA_FIELDS}
+        differ = [f"{k}: checkpoint {then[k]!r}, now {current[k]!r}"
+                  for k in MODEL_FIELDS + DATA_FIELDS if then[k] != current[k]]
         if differ:
             raise CheckpointError(
                 f"cannot resume {self.checkpoint_path}: the model or data settings differ ("

@@ -5,6 +5,7 @@ Expected numbers are computed here from first principles, never by asking the co
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -405,3 +406,20 @@ def test_total_batch_tokens_must_divide_evenly(cache, corpus_file, tmp_path):
         Trainer(config)
     config = small_config(tmp_path / "run", corpus_file, total_batch_tokens=2 * 16 * 3)
     assert Trainer(config).grad_accum_steps == 3
+
+
+def test_a_checkpoint_from_before_a_new_data_setting_still_resumes(cache, corpus_file, tmp_path):
+    """Settings added after a checkpoint was written count as their defaults, not as changes."""
+    config = small_config(tmp_path / "run", corpus_file, max_iters=2)
+    with Trainer(config) as trainer:
+        trainer.fit()
+    path = tmp_path / "run" / "ckpt.pt"
+    state = torch.load(path, weights_only=True)
+    for name in ("dataset_config", "text_field", "max_tokens"):
+        del state["config"][name]
+    torch.save(state, path)
+    with Trainer(dataclasses.replace(config, max_iters=4), resume=True) as trainer:
+        trainer.fit()
+        assert trainer.step == 4
+    with pytest.raises(CheckpointError, match="max_tokens: checkpoint 0, now 100"):
+        Trainer(dataclasses.replace(config, max_iters=6, max_tokens=100), resume=True)
