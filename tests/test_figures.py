@@ -96,3 +96,28 @@ def test_a_label_naming_code_that_minigpt_lacks_is_refused(draw):
     canvas.text(10, 20, "`qkv_proj` and `lm_head.weight` exist")  # accepted
     with pytest.raises(ValueError, match="c_attn"):
         canvas.text(10, 40, "`c_attn`, GPT-2's name for it, does not")
+
+
+def _figures_referenced_by_notebooks() -> dict[str, set[str]]:
+    import json
+    import re
+
+    found = {}
+    for path in sorted(FIGURES_DIR.parent.glob("*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        names = set(re.findall(r"\]\(figures/([\w.-]+\.svg)\)", text))
+        if names:
+            found[path.stem] = names
+    return found
+
+
+def test_every_figure_is_drawn_in_the_course_and_every_reference_exists(draw):
+    drawn = listed(draw)
+    referenced = _figures_referenced_by_notebooks()
+    used = set().union(*referenced.values())
+    missing = sorted(used - set(drawn))
+    assert not missing, f"notebooks reference figures that the script does not draw: {missing}"
+    unused = sorted(set(drawn) - used)
+    assert not unused, f"figures no notebook shows: {unused}"
+    assert len(referenced) >= 7, f"only {sorted(referenced)} show a diagram"
