@@ -511,11 +511,22 @@ def _finetune(config: FinetuneConfig, resume: bool) -> dict:
     model.eval()
     scores = {"val_loss": last.get("val_loss"), "train_loss": last.get("loss"),
               **count_parameters(model)}
-    scores.update(_score(model, tokenizer, val_examples[: config.eval_examples], labels,
+    scores.update(_score(model, tokenizer, _scored(val_examples, config), labels,
                          max_length, config.max_new_tokens))
     _save(model, tokenizer, config, labels)
     _write_record(config, format=format, status="finished", steps=trainer.step, scores=scores)
     return scores
+
+
+def _scored(examples: list, config: FinetuneConfig) -> list:
+    """The eval_examples validation examples answered and scored at the end: all of them, or a
+    seeded draw (files are often sorted, say by label, and their first rows would be one
+    class), kept in file order."""
+    if len(examples) <= config.eval_examples:
+        return examples
+    chosen = sorted(random.Random(config.seed).sample(range(len(examples)),
+                                                      config.eval_examples))
+    return [examples[i] for i in chosen]
 
 
 def _max_length(config: FinetuneConfig, block_size: int) -> int:

@@ -49,7 +49,11 @@ SPLIT_FRACTIONS = {"test": 0.1, "val": 0.1}  # the rest is train
 # functions, and each with its own vocabulary (event loops, mail headers, Tk widgets, processes,
 # XML nodes), so the package can be learned from the code; split by file, it must generalise.
 CLASSIFY_PACKAGES = ("asyncio", "email", "idlelib", "multiprocessing", "xml")
-DEFAULT_MAX_CHARS = 600  # examples longer than this (prompt + answer, characters) are left out
+# Examples whose input and answer together are longer than this many characters are left out
+# (qa counts its input, the signature, alone; classify cuts its text to this length instead). The
+# instruction and the prompt template are not counted: `longest_as_read` says how long the
+# longest example is as the model reads it.
+DEFAULT_MAX_CHARS = 600
 
 INSTRUCTIONS = {
     "summarize": "Summarize this Python function in one line.",
@@ -407,13 +411,33 @@ def main(argv=None) -> int:
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("out_dir")
     parser.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
-                        help="longest example in characters; keep prompts inside the model's "
-                             "context, or finetuning refuses them")
+                        help="leave out examples whose input and answer exceed this many "
+                             "characters (classify: cut the text to it); the instruction and "
+                             f"prompt template come on top (default {DEFAULT_MAX_CHARS})")
     args = parser.parse_args(argv)
+    longest = 0
     for split, path in write_task(args.task, args.out_dir, max_chars=args.max_chars).items():
-        count = sum(1 for _ in open(path, encoding="utf-8"))
-        print(f"{split:5s} {count:6d} examples  {path}")
+        examples = [json.loads(line) for line in open(path, encoding="utf-8")]
+        longest = max(longest, longest_as_read(examples))
+        print(f"{split:5s} {len(examples):6d} examples  {path}")
+    print(f"longest example as a model reads it (prompt and answer): {longest} characters, at "
+          "least as many tokens for a byte-level base such as the tiny preset's (context 128); "
+          "finetuning refuses what does not fit, or leaves it out with skip_long=true")
     return 0
+
+
+def longest_as_read(examples) -> int:
+    """Characters of the longest example as finetuning formats it: the whole prompt (instruction,
+    input, template) and the answer; a classification example's text."""
+    from minigpt.instruct import format_prompt
+
+    def length(example):
+        if "label" in example:
+            return len(example["text"])
+        return len(format_prompt(example["instruction"], example.get("input", ""))) + len(
+            example["output"])
+
+    return max(map(length, examples), default=0)
 
 
 if __name__ == "__main__":

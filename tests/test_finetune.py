@@ -427,3 +427,14 @@ def test_gpt2_lora_merge_export_and_transformers_pipeline(tmp_path):
     expected = merged.generate(ids, 5, temperature=0, eos_token=50256)
     assert result == generator.tokenizer.decode(expected[0])
     assert result.startswith(prompt) and len(result) > len(prompt)
+
+
+def test_the_scored_validation_examples_are_a_seeded_draw_in_file_order():
+    examples = [{"text": str(i), "label": "a" if i < 50 else "b"} for i in range(100)]
+    config = ft.FinetuneConfig(eval_examples=10, seed=3)
+    chosen = ft._scored(examples, config)
+    assert len(chosen) == 10 and chosen == ft._scored(examples, config)
+    positions = [examples.index(e) for e in chosen]
+    assert positions == sorted(positions) and positions != list(range(10))
+    assert {e["label"] for e in chosen} == {"a", "b"}  # not one class of a sorted file
+    assert ft._scored(examples[:5], config) == examples[:5]

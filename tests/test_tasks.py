@@ -210,3 +210,17 @@ def test_baselines_and_parse_rate():
     assert tasks.parse_rate([prompt] * 4, bodies) == 0.25
     with pytest.raises(ValueError, match="unknown task"):
         tasks.build_task("translate")
+
+
+def test_the_command_says_how_long_the_longest_example_is_as_read(tmp_path, capsys):
+    from minigpt.instruct import format_prompt
+
+    assert tasks.main(["qa", str(tmp_path), "--max-chars", "120"]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for split in tasks.SPLITS
+            for line in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+    as_read = max(len(format_prompt(r["instruction"], r["input"])) + len(r["output"])
+                  for r in rows)
+    assert f"longest example as a model reads it (prompt and answer): {as_read} characters" in (
+        printed)
+    assert all(len(r["input"]) <= 120 for r in rows)  # what --max-chars counts for qa
