@@ -1,4 +1,4 @@
-"""Sampling text from the model. Derived in notebooks/09_sampling.ipynb (eqs. 9.1-9.10).
+"""Sampling text from the model. Derived in notebooks/09_sampling.ipynb (eqs. 9.1-9.11).
 
 Each decoding rule reshapes the next-token distribution p = softmax(z) before drawing from it:
 

@@ -229,8 +229,21 @@ def load_hf_gpt2(name_or_dir, **overrides) -> GPT:
     state = state_dict_from_hf(read_hf_weights(folder), config.n_layer)
     if config.tie_weights or "lm_head.weight" not in state:
         state["lm_head.weight"] = state["token_emb.weight"]
+    _crop_positions(state, config.block_size, folder)
     load_weights(model, state, folder)
     return model
+
+
+def _crop_positions(state: dict, block_size: int, source) -> None:
+    """A shorter context (block_size=256 for GPT-2's 1024) keeps the first rows of the learned
+    position table: positions 0..block_size-1 mean what they meant in training."""
+    name = "pos_enc.embedding.weight"
+    if name not in state or state[name].shape[0] <= block_size:
+        if name in state and state[name].shape[0] < block_size:
+            raise ValueError(f"block_size={block_size} exceeds the {state[name].shape[0]} "
+                             f"positions {source} was trained with; use at most that many")
+        return
+    state[name] = state[name][:block_size]
 
 
 # ------------------------------------------------------------------------ export

@@ -127,6 +127,17 @@ def test_overrides_apply_when_loading(tmp_path):
     assert model.config.dropout == 0.1
 
 
+def test_a_shorter_context_keeps_the_first_positions_and_their_logits(tmp_path):
+    hf_model = hf_gpt2()  # 32 positions
+    hf_model.save_pretrained(tmp_path)
+    short = GPT.from_pretrained(tmp_path, block_size=12)
+    assert short.config.block_size == 12
+    ids = torch.randint(0, 128, (2, 12))
+    assert max_logit_gap(short, hf_model, ids) < TOLERANCE
+    with pytest.raises(ValueError, match="block_size=40 exceeds the 32 positions"):
+        GPT.from_pretrained(tmp_path, block_size=40)
+
+
 # ------------------------------------------------------------------ minigpt -> Hugging Face
 
 
