@@ -90,6 +90,26 @@ def folder_corpus(tmp_path, n=12, name="docs"):
 
 
 # ---------------------------------------------------------------------------------------------
+# One import for data
+
+
+def test_data_and_corpora_keep_every_name_they_promise():
+    # Corpora, token files and prepare live in modules of their own; these two re-export them.
+    import importlib
+
+    for module in (data, corpora):
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert not missing, f"{module.__name__} lacks {missing}"
+    defined_in = {"prepare": "minigpt.prepare", "load_tokens": "minigpt.shards",
+                  "TokenShards": "minigpt.shards", "Corpus": "minigpt.documents",
+                  "in_validation": "minigpt.documents", "load_corpus": "minigpt.corpora"}
+    for name, module in defined_in.items():
+        assert getattr(data, name) is getattr(importlib.import_module(module), name), name
+    # bench/bench_prepare.py imports the document encoder by its old private name.
+    assert data._Encoder is importlib.import_module("minigpt.document_encoding").DocumentEncoder
+
+
+# ---------------------------------------------------------------------------------------------
 # The stdlib corpora
 
 

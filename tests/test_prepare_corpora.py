@@ -12,7 +12,6 @@ import types
 import numpy as np
 import pytest
 
-from minigpt import corpora
 from minigpt.data import (
     Corpus,
     corpus_from_settings,
@@ -91,7 +90,8 @@ def mixed_folder(tmp_path, with_parquet=True):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_folder_of_every_format_gives_every_document(tmp_path, workers, monkeypatch):
-    monkeypatch.setattr(corpora, "TASK_BYTES", 2000)  # many tasks: blocks, row groups, batches
+    # Many tasks: blocks, row groups, batches.
+    monkeypatch.setattr("minigpt.documents.TASK_BYTES", 2000)
     folder, documents = mixed_folder(tmp_path)
     corpus = load_corpus(folder)
     assert corpus.streamed and corpus.source is not None
@@ -106,6 +106,21 @@ def test_a_folder_of_every_format_gives_every_document(tmp_path, workers, monkey
     assert meta["documents"] == {"train": len(expected_train), "val": len(expected_val)}
     # The lazy splits of the corpus read the same documents in the same order.
     assert list(corpus.train) == expected_train and list(corpus.val) == expected_val
+
+
+def test_one_setting_sizes_the_tasks_of_every_source(tmp_path, monkeypatch):
+    # TASK_BYTES lives in minigpt.documents; folders (minigpt.corpus_files) must follow it too.
+    folder, documents = mixed_folder(tmp_path, with_parquet=False)
+    in_memory = Corpus("mem", tuple(text for _, text in documents), ())
+
+    def task_count(corpus):
+        return sum(1 for _ in corpus.documents().tasks())
+
+    counts = {name: task_count(corpus) for name, corpus in [("folder", load_corpus(folder)),
+                                                             ("memory", in_memory)]}
+    monkeypatch.setattr("minigpt.documents.TASK_BYTES", 2000)
+    for name, corpus in [("folder", load_corpus(folder)), ("memory", in_memory)]:
+        assert task_count(corpus) > 4 * counts[name], name
 
 
 def test_a_single_record_file_is_a_corpus(tmp_path):
@@ -151,7 +166,8 @@ def test_bad_lines_name_the_file_and_line(tmp_path, content, words):
 
 
 def test_line_numbers_count_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpora, "TASK_BYTES", 100)  # the bad line is blocks away from the top
+    # The bad line is blocks away from the top.
+    monkeypatch.setattr("minigpt.documents.TASK_BYTES", 100)
     lines = [json.dumps({"text": f"line {i} " + "x" * 30}) for i in range(1, 200)]
     lines[156] = "{broken"
     path = tmp_path / "long.jsonl.gz"
@@ -235,7 +251,7 @@ def test_hf_streams_every_record_and_resumes_from_its_state(tmp_path, monkeypatc
     assert list(corpus.val) == val
 
     # A task's position is the stream's own state: a new stream starts there.
-    monkeypatch.setattr(corpora, "TASK_BYTES", 10_000)
+    monkeypatch.setattr("minigpt.documents.TASK_BYTES", 10_000)
     source = corpus.source
     task, position, _ = next(iter(source.tasks()))
     assert position["records"] == len(task.texts) and position["state"]["position"] > 0

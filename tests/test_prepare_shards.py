@@ -22,12 +22,12 @@ from minigpt.data import (
     RandomWindowSampler,
     SequentialSampler,
     TokenShards,
-    _Encoder,
     in_validation,
     load_meta,
     load_tokens,
     prepare,
 )
+from minigpt.document_encoding import DocumentEncoder
 from minigpt.tokenizer import BPETokenizer, ByteTokenizer, gpt2_tokenizer
 
 WORDS = "the model reads a token and predicts the next one while attention mixes them".split()
@@ -187,9 +187,7 @@ def test_load_tokens_gives_one_array_over_many_shards(tmp_path):
 
 @pytest.mark.parametrize("budget", [1, 999, 1000, 4321, 10**9])
 def test_max_tokens_cuts_the_train_split_exactly(tmp_path, budget, monkeypatch):
-    from minigpt import corpora
-
-    monkeypatch.setattr(corpora, "TASK_BYTES", 3000)
+    monkeypatch.setattr("minigpt.documents.TASK_BYTES", 3000)
     texts = documents(600, seed=1)
     folder = write_jsonl_folder(tmp_path / "c", texts, files=1)
     out = prepare(folder, EotByteTokenizer(), tmp_path / f"t{budget}", progress=False,
@@ -218,9 +216,9 @@ def test_bad_settings_are_refused(tmp_path):
 
 PREPARE = """
 import sys
-from minigpt import corpora
+import minigpt.documents
 from minigpt.data import prepare
-corpora.TASK_BYTES = 16_000  # many small steps, each recorded in progress.json
+minigpt.documents.TASK_BYTES = 16_000  # many small steps, each recorded in progress.json
 prepare(sys.argv[1], "gpt2", sys.argv[2], num_workers=2, progress=False, shard_tokens=4_000)
 """
 
@@ -273,7 +271,7 @@ def test_a_killed_prepare_resumes_and_ends_byte_identical(tmp_path):
 
 
 def test_a_resumed_prepare_starts_over_when_the_corpus_changed(tmp_path):
-    from minigpt.data import _fingerprint, _Tokenizing
+    from minigpt.prepare import _fingerprint, _Tokenizing
 
     texts = documents(200)
     corpus = Corpus("docs", tuple(texts), ())
@@ -293,9 +291,9 @@ def test_a_resumed_prepare_starts_over_when_the_corpus_changed(tmp_path):
 MEASURE = """
 import json, re, resource, sys
 from pathlib import Path
-from minigpt import corpora
+import minigpt.documents
 from minigpt.data import prepare
-corpora.TASK_BYTES = 1 << 16  # what is in flight fills up early in both corpora
+minigpt.documents.TASK_BYTES = 1 << 16  # what is in flight fills up early in both corpora
 prepare(sys.argv[1], "byte", sys.argv[2], num_workers=2, progress=False, shard_tokens=1_000_000)
 # VmHWM: the peak of this process image alone (ru_maxrss would also count the parent's memory
 # at the time it spawned us). The workers have ended and been waited for.
@@ -352,7 +350,7 @@ ALPHABET = st.sampled_from([
 @given(st.lists(st.lists(ALPHABET, max_size=25).map("".join), min_size=1, max_size=6))
 def test_lookahead_free_gpt2_matches_the_reference(texts):
     tokenizer = gpt2_tokenizer()
-    encoder = _Encoder(tokenizer, np.uint16, [tokenizer.eot_token])
+    encoder = DocumentEncoder(tokenizer, np.uint16, [tokenizer.eot_token])
     assert encoder.fast_bpe
     ids, lengths = encoder(texts)
     assert np.array_equal(ids, reference(tokenizer, texts))
@@ -363,7 +361,7 @@ def test_lookahead_free_gpt2_on_real_text():
     from minigpt.data import stdlib_prose_corpus, stdlib_sources
 
     tokenizer = gpt2_tokenizer()
-    encoder = _Encoder(tokenizer, np.uint16, [tokenizer.eot_token])
+    encoder = DocumentEncoder(tokenizer, np.uint16, [tokenizer.eot_token])
     texts = [source for _, source in stdlib_sources()[:40]]
     texts += list(stdlib_prose_corpus().train[:400])
     ids, _ = encoder(texts)
@@ -375,7 +373,7 @@ def test_lookahead_free_applies_to_trained_bpe_too():
 
     text = "\n\n".join(stdlib_prose_corpus().train[:300])
     tokenizer = BPETokenizer.train_fast([text], 300, special_tokens=["<|endoftext|>"])
-    encoder = _Encoder(tokenizer, np.uint16, [tokenizer.eot_token])
+    encoder = DocumentEncoder(tokenizer, np.uint16, [tokenizer.eot_token])
     assert encoder.fast_bpe
     texts = [text, "  x  y\t\tz <|endoftext|>  ", ""]
     assert np.array_equal(encoder(texts)[0], reference(tokenizer, texts))
