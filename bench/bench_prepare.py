@@ -190,13 +190,13 @@ def same_tokens_check(documents: list[str]) -> bool:
     """Both engines give every document the same GPT-2 tokens (those without special text)."""
     import numpy as np
 
-    from minigpt.data import _Encoder
+    from minigpt.document_encoding import DocumentEncoder
     from minigpt.tokenizer import gpt2_tokenizer
 
     global anchor_encoding
     anchor_encoding = gpt2_encoding()
     sample = [d for d in documents[:3000] if "<|endoftext|>" not in d]
-    encoder = _Encoder(gpt2_tokenizer(), np.uint16, [50256])
+    encoder = DocumentEncoder(gpt2_tokenizer(), np.uint16, [50256])
     ours, _ = encoder(sample)
     return bool(np.array_equal(ours, np.concatenate([anchor_tokenize(d) for d in sample])))
 

@@ -15,9 +15,14 @@ The package follows the course, one module per concept:
     tasks        10-11  offline tasks built from the stdlib: summarise, generate code, QA, classify
     hf           11  Hugging Face GPT-2 weights in and out
     interpret    12  attention maps, logit lens, probes, bias probes
+    hellaswag    13  the HellaSwag evaluation, scored as lm-evaluation-harness scores it
+    nanogpt      07  nanoGPT checkpoints in
 
-and the machinery around them: platform (device, precision, peak FLOP/s), checkpoint, distributed,
-metrics, config (presets), download, cli (the `minigpt` command).
+and the machinery around them: platform (device, precision, peak FLOP/s), checkpoint, runlock
+(one run per folder), distributed, metrics, config (presets), download, the corpus pipeline at
+scale (documents, corpus_files, document_encoding, prepare, shards: reading corpora of any size
+and writing them as token shards, in parallel and resumably), benchmark, cli (the `minigpt`
+command).
 """
 
 __version__ = "0.1.0"

@@ -35,7 +35,6 @@ from minigpt.corpora import (
     stdlib_sources,
     tinyshakespeare_corpus,
 )
-from minigpt.document_encoding import DocumentEncoder
 from minigpt.prepare import prepare
 from minigpt.shards import TokenShards, load_meta, load_tokens, token_dtype
 
@@ -44,8 +43,6 @@ from minigpt.shards import TokenShards, load_meta, load_tokens, token_dtype
 # would otherwise pay for importing torch.
 if TYPE_CHECKING:
     import torch
-
-_Encoder = DocumentEncoder  # its name from before it moved to minigpt.document_encoding
 
 __all__ = [
     "KNOWN_CORPORA",

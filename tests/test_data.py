@@ -105,8 +105,6 @@ def test_data_and_corpora_keep_every_name_they_promise():
                   "in_validation": "minigpt.documents", "load_corpus": "minigpt.corpora"}
     for name, module in defined_in.items():
         assert getattr(data, name) is getattr(importlib.import_module(module), name), name
-    # bench/bench_prepare.py imports the document encoder by its old private name.
-    assert data._Encoder is importlib.import_module("minigpt.document_encoding").DocumentEncoder
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,3 +109,16 @@ def test_readme_quickstart_is_install_run_test_and_ci_runs_the_same_test_command
 @pytest.mark.parametrize("path", ["LICENSE", "README.md", "environment.yml", ".ci/run"])
 def test_project_files_exist(path):
     assert (ROOT / path).is_file()
+
+
+def test_readme_and_the_package_docstring_name_every_module():
+    import minigpt
+
+    modules = sorted(p.stem for p in (ROOT / "minigpt").glob("*.py")
+                     if p.stem not in ("__init__", "__main__"))
+    readme = (ROOT / "README.md").read_text()
+    docstring = minigpt.__doc__
+    missing_readme = [m for m in modules if f"`{m}`" not in readme and f"minigpt.{m}" not in readme]
+    missing_doc = [m for m in modules if m not in docstring]
+    assert not missing_readme, f"README.md never names {missing_readme}"
+    assert not missing_doc, f"minigpt/__init__.py's docstring never names {missing_doc}"
