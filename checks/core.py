@@ -262,6 +262,12 @@ def fresh_case(seed: int):
                 f"drawn at random (seed {seed}): {failure}. An answer that holds only for the "
                 "fixed examples (hard-coded, or looked up) fails here: compute it from the "
                 "arguments") from None
+        except Exception as error:  # e.g. a size typed in from the fixed examples: IndexError
+            raise CheckFailed(
+                f"your function is right on the check's fixed examples but raised "
+                f"{type(error).__name__}: {error} on a new case drawn at random (seed {seed}). "
+                "Sizes or values typed in from the fixed examples fail here: read them from "
+                "the arguments") from None
 
 
 def require_measured(values: list[float], what: str, n_samples: int,

@@ -388,7 +388,8 @@ CPU_BENCH = {"dtype": "float32", "compile": False, "batch_size": 1, "total_batch
 def _fit_to_this_machine(config, args):
     from minigpt import platform
 
-    steps, warmup = args.steps or 20, 3 if args.warmup is None else args.warmup
+    given = lambda value, default: default if value is None else value  # noqa: E731
+    steps, warmup = given(args.steps, 20), given(args.warmup, 3)
     device = platform.resolve_device(config.device)
     wants_gpu = config.compile or config.dtype in ("bfloat16", "float16") or (
         config.total_batch_tokens > 0)
@@ -396,7 +397,7 @@ def _fit_to_this_machine(config, args):
         return config, steps, warmup
     typed = {pair.split("=", 1)[0].strip().replace("-", "_") for pair in args.settings}
     changes = {k: v for k, v in CPU_BENCH.items() if k not in typed}
-    steps, warmup = args.steps or 3, 1 if args.warmup is None else args.warmup
+    steps, warmup = given(args.steps, 3), given(args.warmup, 1)
     print(f"{args.config} is a GPU preset and this machine has no GPU: timing it on the CPU with "
           + ", ".join(f"{k}={v}" for k, v in changes.items())
           + f", {steps} steps after {warmup} warm-up (set any of them to override)",

@@ -258,3 +258,27 @@ def test_inconsistent_or_modified_model_args(tmp_path):
     path = save_like_nanogpt(model, dict(args, use_rmsnorm=True), tmp_path / "fork.pt")
     with pytest.raises(CheckpointError, match="use_rmsnorm"):
         load_nanogpt(path)
+
+
+# ------------------------------------------------------------------------ the command line
+
+
+def test_sample_and_eval_take_a_nanogpt_checkpoint_with_gpt2s_vocabulary(tmp_path, capsys,
+                                                                         cache):
+    from minigpt.cli import main
+
+    torch.manual_seed(0)
+    args = model_args(vocab_size=50304)  # GPT-2's 50257 ids, padded as nanoGPT pads them
+    path = save_like_nanogpt(NanoGPTLayout(args), args, tmp_path / "ckpt.pt")
+    assert main(["sample", f"out_dir={path}", "prompt=Hello", "max_new_tokens=5",
+                 "device=cpu"]) == 0
+    assert capsys.readouterr().out.startswith("Hello")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The model reads the text and predicts the next word. " * 80)
+    assert main(["eval", f"out_dir={path}", f"dataset={corpus}", "max_batches=2",
+                 "device=cpu"]) == 0
+    assert "val loss" in capsys.readouterr().out
+    # without a vocabulary minigpt can name, it asks instead of guessing
+    small = save_like_nanogpt(NanoGPTLayout(model_args()), model_args(), tmp_path / "c.pt")
+    assert main(["sample", f"out_dir={small}", "device=cpu"]) == 2
+    assert "holds a model with 96 token ids and no tokenizer" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import types
 
 import numpy as np
 import pytest
+from corpus_helpers import WORDS, EotByteTokenizer
 
 from minigpt.data import (
     Corpus,
@@ -22,18 +23,6 @@ from minigpt.data import (
     prepare,
 )
 from minigpt.tokenizer import ByteTokenizer
-
-WORDS = "the model reads a token and predicts the next one while attention mixes them".split()
-
-
-class EotByteTokenizer(ByteTokenizer):
-    """Bytes plus an end-of-text token 256, so that documents can be cut apart again."""
-
-    vocab_size = 257
-    eot_token = 256
-
-    def to_dict(self) -> dict:
-        return {"type": "byte-eot"}
 
 
 def texts(rng: random.Random, n: int, tag: str) -> list[str]:

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from corpus_helpers import WORDS, EotByteTokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,16 +30,6 @@ from minigpt.data import (
 )
 from minigpt.document_encoding import DocumentEncoder
 from minigpt.tokenizer import BPETokenizer, ByteTokenizer, gpt2_tokenizer
-
-WORDS = "the model reads a token and predicts the next one while attention mixes them".split()
-
-
-class EotByteTokenizer(ByteTokenizer):
-    vocab_size = 257
-    eot_token = 256
-
-    def to_dict(self) -> dict:
-        return {"type": "byte-eot"}
 
 
 def documents(n: int, seed: int = 0) -> list[str]:

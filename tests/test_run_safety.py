@@ -50,6 +50,19 @@ def wait_for(condition, process, what, timeout=300):
         time.sleep(0.01)
 
 
+def signal_when(process, condition, signum, what) -> tuple[int, str]:
+    """Send `signum` to `process` once `condition()` holds; its exit code and stderr."""
+    try:
+        wait_for(condition, process, what)
+        process.send_signal(signum)
+        returncode = process.wait(120)
+        return returncode, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+
+
 def logged_steps(run: Path) -> list[int]:
     return [r["step"] for r in read_metrics(run / "metrics.jsonl")]
 
@@ -192,16 +205,9 @@ def test_under_torchrun_every_rank_stops_when_the_folder_is_locked(minigpt_env, 
 def test_sigterm_checkpoints_the_current_step_and_exits_143(minigpt_env, corpus_file, tmp_path):
     args = ["train", *TINY, f"dataset={corpus_file}", "out_dir=run", "max_iters=100000",
             "eval_interval=100000", "log_interval=7", "checkpoint_interval=1000"]
-    process = start(args, tmp_path, minigpt_env)
-    try:
-        wait_for(lambda: len(logged_steps(tmp_path / "run")) >= 2, process, "two log lines")
-        process.send_signal(signal.SIGTERM)
-        returncode = process.wait(120)
-        stderr = process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.stderr.close()
+    returncode, stderr = signal_when(start(args, tmp_path, minigpt_env),
+                                     lambda: len(logged_steps(tmp_path / "run")) >= 2,
+                                     signal.SIGTERM, "two log lines")
     assert returncode == 143, stderr
     assert "interrupted (SIGTERM)" in stderr and "Traceback" not in stderr
     step = load_checkpoint(tmp_path / "run/ckpt.pt")["step"]
@@ -279,16 +285,9 @@ def test_an_interrupted_finetune_writes_no_model_and_resumes(minigpt_env, tmp_pa
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["finetune", f"base={base}", "data=d.jsonl", "out_dir=ft", "steps=100000",
             "eval_interval=100000", "device=cpu", "progress=false", "eval_examples=0"]
-    process = start(args, tmp_path, minigpt_env)
-    try:
-        wait_for(lambda: (tmp_path / "ft/train/metrics.jsonl").exists(), process, "training")
-        process.send_signal(signal.SIGTERM)
-        returncode = process.wait(120)
-        stderr = process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.stderr.close()
+    returncode, stderr = signal_when(start(args, tmp_path, minigpt_env),
+                                     (tmp_path / "ft/train/metrics.jsonl").exists,
+                                     signal.SIGTERM, "training")
     assert returncode == 143, stderr
     assert "interrupted by SIGTERM at step" in stderr and "--resume" in stderr
     out = tmp_path / "ft"
