@@ -268,7 +268,7 @@ def test_sample_and_eval_take_a_nanogpt_checkpoint_with_gpt2s_vocabulary(tmp_pat
     from minigpt.cli import main
 
     torch.manual_seed(0)
-    args = model_args(vocab_size=50304)  # GPT-2's 50257 ids, padded as nanoGPT pads them
+    args = {**model_args(), "vocab_size": 50304}  # GPT-2's 50257 ids, padded as nanoGPT does
     path = save_like_nanogpt(NanoGPTLayout(args), args, tmp_path / "ckpt.pt")
     assert main(["sample", f"out_dir={path}", "prompt=Hello", "max_new_tokens=5",
                  "device=cpu"]) == 0
