@@ -477,12 +477,9 @@ def check_exact_match(exact_match) -> None:
                           f"{message}: normalise each text (strip its ends, then the end of each "
                           "line), compare, and return the share of equal pairs")
     with fresh_case(fresh_seed()) as generator:  # answers no one knew in advance
-        words = ["None", "none", "True", "return x", "if a:\n    b", "'x'", "0"]
-        spaces = ["", " ", "  ", "\n", " \n"]
-        references = [_pick(generator, words) for _ in range(_fresh_int(generator, 2, 8))]
-        predictions = [_pick(generator, spaces) + (ref if bool(_fresh_int(generator, 0, 2))
-                                                   else _pick(generator, words))
-                       + _pick(generator, spaces) for ref in references]
+        predictions, references = _fresh_exact_case(generator)
+        while ft.exact_match(predictions, references) in answers:  # unlike every fixed answer
+            predictions, references = _fresh_exact_case(generator)
         what = f"exact_match({predictions!r}, {references!r})"
         answer = as_number(call(exact_match, list(predictions), list(references)), what)
         expected = ft.exact_match(predictions, references)
@@ -491,6 +488,17 @@ def check_exact_match(exact_match) -> None:
                 f"{what} = {answer:.4g}, expected {expected:.4g}")
     _check_lengths_must_agree(exact_match)
     passed("exact match, eq. (11.4)")
+
+
+def _fresh_exact_case(generator) -> tuple[list[str], list[str]]:
+    """Predictions and references drawn at random: some equal but for spaces, some not."""
+    words = ["None", "none", "True", "return x", "if a:\n    b", "'x'", "0"]
+    spaces = ["", " ", "  ", "\n", " \n"]
+    references = [_pick(generator, words) for _ in range(_fresh_int(generator, 2, 8))]
+    predictions = [_pick(generator, spaces) + (ref if bool(_fresh_int(generator, 0, 2))
+                                               else _pick(generator, words))
+                   + _pick(generator, spaces) for ref in references]
+    return predictions, references
 
 
 def _check_lengths_must_agree(exact_match) -> None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
 def pytest_configure(config):
+    # The exercise checks draw one case at random on every call; here the draws are a fixed
+    # sequence (see checks.core.fresh_seed), so that no test passes or fails by chance. The
+    # notebooks' kernels inherit it.
+    os.environ.setdefault("MINIGPT_CHECK_SEED", "2026")
     config.addinivalue_line(
         "markers", "slow: a test that takes minutes (it still runs by default; -m 'not slow' skips)"
     )
