@@ -64,7 +64,16 @@ def signal_when(process, condition, signum, what) -> tuple[int, str]:
 
 
 def logged_steps(run: Path) -> list[int]:
-    return [r["step"] for r in read_metrics(run / "metrics.jsonl")]
+    try:  # a new run replaces the file: it may vanish between a look and a read
+        return [r["step"] for r in read_metrics(run / "metrics.jsonl")]
+    except FileNotFoundError:
+        return []
+
+
+def last_logged(run: Path) -> int:
+    """The last logged step, or -1 before the first line is in (read at any moment)."""
+    steps = logged_steps(run)
+    return steps[-1] if steps else -1
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -231,9 +240,9 @@ def test_metrics_are_complete_after_repeated_sigkills(minigpt_env, corpus_file, 
     for kill in range(6):
         process = start([*args, "--resume"], tmp_path, minigpt_env)
         try:
-            before = logged_steps(run)[-1] if (run / "metrics.jsonl").exists() else -1
-            wait_for(lambda b=before: (run / "metrics.jsonl").exists()
-                     and logged_steps(run)[-1] > b, process, f"progress before kill {kill}")
+            before = last_logged(run)
+            wait_for(lambda b=before: last_logged(run) > b, process,
+                     f"progress before kill {kill}")
             time.sleep(rng.uniform(0.0, 0.4))
             process.send_signal(signal.SIGKILL)
             process.wait(60)
