@@ -292,22 +292,25 @@ BAD_INPUTS = [  # (what a user types, words the one line must hold)
     (["train", "out_dir=nocfg", "--resume"], "lacks 'optimizer'"),
     (["sample", "out_dir=badcfg"], "has no 'config' table"),
     (["sample", "out_dir=trunc"], "model.safetensors is truncated"),
-    (["train", "init_from=pickled", "out_dir=new"], "holds Python objects"),
+    (["train", "init_from=pickled", "out_dir=new1"], "holds Python objects"),
     (["sample", "out_dir=objects"], "holds Python objects"),
     (["sample", "out_dir=runs/a", "num_samples=0"], "num_samples=0: must be ≥ 1"),
     (["sample", "out_dir=runs/a", "temperature=nan"], "temperature='nan': must be a finite"),
     (["sample", "out_dir=runs/a", "top_k=2.5"], "top_k='2.5': expected int"),
     (["sample", "out_dir=runs/a", "top_p=inf"], "top_p='inf': must be a finite"),
-    (["train", "grad_clip=nan", "out_dir=new"], "grad_clip='nan': must be a finite number"),
-    (["train", "min_lr=inf", "out_dir=new"], "min_lr='inf': must be a finite number"),
-    (["finetune", "base=runs/a", "data=missing.jsonl", "out_dir=ft"],
+    (["train", "grad_clip=nan", "out_dir=new2"], "grad_clip='nan': must be a finite number"),
+    (["train", "min_lr=inf", "out_dir=new3"], "min_lr='inf': must be a finite number"),
+    (["finetune", "base=runs/a", "data=missing.jsonl", "out_dir=ft1"],
      "python -m minigpt.tasks"),
-    (["finetune", "base=gpt2", "data=d.jsonl", "out_dir=ft"], "could not load 'gpt2'"),
+    (["finetune", "base=gpt2", "data=d.jsonl", "out_dir=ft2"], "could not load 'gpt2'"),
 ]
 
 
 def test_every_bad_input_gives_one_line_and_no_traceback(broken, module_env):
     """Each case in its own process, as a user would type it; all of them at once."""
+    writers = [arg for args, _ in BAD_INPUTS if args[0] in ("train", "finetune") and "--resume" not in args
+               for arg in args if arg.startswith("out_dir=")]
+    assert len(writers) == len(set(writers)), "concurrent runs would meet at one out_dir's lock"
     (broken / "d.jsonl").write_text('{"instruction": "Add.", "output": "3"}\n')
     env = {**module_env, "HF_HUB_OFFLINE": "1"}  # no model hub here: fail fast, as offline
     processes = [subprocess.Popen([*minigpt_command(), *args], cwd=broken, env=env, text=True,
