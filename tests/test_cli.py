@@ -308,7 +308,8 @@ BAD_INPUTS = [  # (what a user types, words the one line must hold)
 
 def test_every_bad_input_gives_one_line_and_no_traceback(broken, module_env):
     """Each case in its own process, as a user would type it; all of them at once."""
-    writers = [arg for args, _ in BAD_INPUTS if args[0] in ("train", "finetune") and "--resume" not in args
+    writers = [arg for args, _ in BAD_INPUTS
+               if args[0] in ("train", "finetune") and "--resume" not in args
                for arg in args if arg.startswith("out_dir=")]
     assert len(writers) == len(set(writers)), "concurrent runs would meet at one out_dir's lock"
     (broken / "d.jsonl").write_text('{"instruction": "Add.", "output": "3"}\n')
