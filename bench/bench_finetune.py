@@ -35,7 +35,8 @@ import torch
 
 from minigpt import finetune as ft
 from minigpt import tasks
-from minigpt.train import TrainConfig, Trainer, load_run
+from minigpt.runs import load_run
+from minigpt.train import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Finetuning on stdlib tasks (CPU)"

@@ -10,6 +10,7 @@ The package follows the course, one module per concept:
     layers       06  layer norm, feed-forward, the transformer block
     model        07  GPTConfig and GPT
     train        08, 13  the training loop, from a laptop CPU to several GPUs
+    runs         08  a run's folder afterwards: load its model and tokenizer, measure its loss
     generate     09  sampling: greedy, temperature, top-k, top-p
     lora, finetune  10  low-rank adapters and instruction finetuning
     tasks        10-11  offline tasks built from the stdlib: summarise, generate code, QA, classify

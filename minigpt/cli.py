@@ -295,7 +295,7 @@ def cmd_prepare(args) -> int:
 def cmd_sample(args) -> int:
     from minigpt import platform
     from minigpt.generate import generate_text
-    from minigpt.train import load_run
+    from minigpt.runs import load_run
 
     config = configs.build(SampleConfig, None, args.settings)
     device = platform.resolve_device(config.device)
@@ -312,7 +312,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from minigpt.train import evaluate_run
+    from minigpt.runs import evaluate_run
 
     config = configs.build(EvalConfig, None, args.settings)
     if args.task == "hellaswag":
@@ -337,7 +337,7 @@ def cmd_eval(args) -> int:
 
 def _eval_hellaswag(config: EvalConfig) -> dict:
     from minigpt import hellaswag, platform
-    from minigpt.train import load_run
+    from minigpt.runs import load_run
 
     device = platform.resolve_device(config.device)
     model, tokenizer = load_run(config.out_dir, device)

@@ -107,7 +107,7 @@ def read_checkpoint(path) -> dict:
 def _not_nanogpt(path: Path, checkpoint) -> str:
     if isinstance(checkpoint, dict) and "model_config" in checkpoint:
         return (f"{path} is a minigpt training checkpoint, not a nanoGPT one; load its run "
-                "folder with minigpt.train.load_run(out_dir)")
+                "folder with minigpt.runs.load_run(out_dir)")
     if isinstance(checkpoint, dict) and {"model", "model_args"} <= set(checkpoint):
         return (f"{path} is not a nanoGPT checkpoint: its 'model' must be a state dict of "
                 "tensors and its 'model_args' a dict")

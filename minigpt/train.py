@@ -731,113 +731,6 @@ class _Timer:
         return time.perf_counter() - self.start
 
 
-def load_run(out_dir, device="cpu"):
-    """(model, tokenizer) of a training run folder (ckpt.pt) or of a saved model folder
-    (config.json + model.safetensors, e.g. a finetune's output), in eval mode on `device`."""
-    from minigpt.tokenizer import load_tokenizer, tokenizer_from_dict
-
-    out_dir = Path(out_dir)
-    if out_dir.is_file():  # a nanoGPT ckpt.pt (minigpt's own runs are folders)
-        model = GPT.from_pretrained(out_dir).to(device).eval()
-        return model, load_tokenizer(_file_tokenizer(out_dir, model))
-    has_checkpoint = (out_dir / "ckpt.pt").is_file()
-    if (out_dir / "config.json").is_file():  # a folder written by save_pretrained
-        if has_checkpoint:
-            print(f"note: {out_dir} holds both a training checkpoint and a saved model; "
-                  "loading the saved model (model.safetensors)", file=sys.stderr)
-        model = GPT.from_pretrained(out_dir).to(device).eval()
-        return model, load_tokenizer(out_dir / "tokenizer.json")
-    if not has_checkpoint:
-        raise FileNotFoundError(f"{out_dir} holds no checkpoint (ckpt.pt); train a model there "
-                                "first, e.g. `minigpt train out_dir=" + str(out_dir) + "`")
-    checkpoint = load_checkpoint(out_dir / "ckpt.pt", require=("model", "model_config"))
-    try:
-        model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{out_dir / 'ckpt.pt'}: its model_config is invalid ({exc})"
-                              ) from None
-    load_weights(model, checkpoint["model"], out_dir / "ckpt.pt")
-    if (out_dir / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(out_dir / "tokenizer.json")
-    elif checkpoint.get("tokenizer"):
-        tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
-    else:
-        raise FileNotFoundError(f"{out_dir} has no tokenizer.json to turn ids back into text")
-    return model.to(device).eval(), tokenizer
-
-
-def _file_tokenizer(path: Path, model: GPT) -> str:
-    """The tokenizer of a model file that carries none: GPT-2's when the vocabulary is GPT-2's
-    (50257 ids, or 50304 padded as nanoGPT pads it), else a clear error."""
-    if model.config.vocab_size in (50257, 50304):
-        return "gpt2"
-    raise ValueError(f"{path} holds a model with {model.config.vocab_size} token ids and no "
-                     "tokenizer; minigpt can only assume GPT-2's for 50257 or 50304 ids. Save it "
-                     "with GPT.save_pretrained and a tokenizer.json beside it")
-
-
-@torch.no_grad()
-def evaluate_run(out_dir, split="val", max_batches=200, batch_size=16, device="auto",
-                 dataset: str | None = None) -> dict:
-    """Mean next-token loss of a run's model over consecutive windows of a split of the corpus
-    it trained on, or of `dataset`. A finetune's folder is scored on its own validation
-    examples (`minigpt.finetune.evaluate_finetune`). The result's "about" says what was read."""
-    from minigpt.data import SequentialSampler, load_tokens
-
-    out_dir = Path(out_dir)
-    device = platform.resolve_device(device)
-    if dataset is None and (out_dir / "finetune.json").is_file():
-        from minigpt.finetune import evaluate_finetune
-
-        return evaluate_finetune(out_dir, split, max_batches, batch_size, device)
-    from minigpt.data import load_meta
-
-    model, tokenizer = load_run(out_dir, device)
-    config = _evaluation_config(out_dir, dataset, model)
-    data_dir, _ = Trainer.prepare_data(config, tokenizer)
-    notes = []
-    if dataset is None and out_dir.is_dir() and (out_dir / "ckpt.pt").is_file():
-        trained_on = load_checkpoint(out_dir / "ckpt.pt").get("data_fingerprint")
-        if trained_on and trained_on != load_meta(data_dir).get("fingerprint"):
-            notes.append(f"{CORPUS_CHANGED}; this loss is over today's {split} split")
-    sampler = SequentialSampler(load_tokens(data_dir, split), model.config.block_size,
-                                batch_size, split=split)
-    total, count, windows = 0.0, 0, 0
-    for _ in range(min(max_batches, len(sampler))):
-        x, y = sampler.next_batch(device)
-        _, loss = model(x, y)
-        total, count, windows = total + loss.item() * y.numel(), count + y.numel(), windows + len(y)
-    if count == 0:
-        raise ValueError(f"the {split} split of {config.dataset} is shorter than one window of "
-                         f"{model.config.block_size + 1} tokens; evaluate on a larger corpus")
-    about = (f"({windows} consecutive windows of {model.config.block_size} tokens of the {split} "
-             f"split of {config.dataset}, read in order from its start; the training log's "
-             "val_loss averages eval_iters random windows instead, so the two differ a little)")
-    return {"loss": total / count, "perplexity": math.exp(total / count), "tokens": count,
-            "about": about, "notes": notes}
-
-
-def _evaluation_config(out_dir: Path, dataset: str | None, model: GPT) -> TrainConfig:
-    """The data settings to evaluate a folder's model with: its training run's, with `dataset`
-    swapped in when given; a saved model (no training run) needs `dataset`."""
-    if out_dir.is_dir() and (out_dir / "ckpt.pt").is_file() and not (
-            out_dir / "config.json").is_file():
-        saved = load_checkpoint(out_dir / "ckpt.pt", require=("model", "config"))["config"]
-        try:
-            config = TrainConfig.from_dict(saved)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{out_dir / 'ckpt.pt'}: its config is invalid ({exc})"
-                                  ) from None
-        return dataclasses.replace(config, dataset=dataset) if dataset else config
-    if not dataset:
-        raise ValueError(f"{out_dir} holds a saved model, not a training run, so it has no corpus "
-                         "of its own: pass dataset=NAME (e.g. dataset=stdlib) to evaluate it")
-    tokenizer = (_file_tokenizer(out_dir, model) if out_dir.is_file()
-                 else str(out_dir / "tokenizer.json"))
-    return TrainConfig(out_dir=str(out_dir.parent if out_dir.is_file() else out_dir),
-                       dataset=dataset, tokenizer=tokenizer)
-
-
 def build_tokenizer(spec: str, corpus, save_to: Path | None = None):
     """A tokenizer by spec: "byte", "gpt2", "char" (from the corpus), "bpe:<size>" (trained on
     the corpus's train split), or the path of a saved tokenizer.json. A tokenizer trained here is
@@ -857,7 +750,6 @@ def build_tokenizer(spec: str, corpus, save_to: Path | None = None):
             raise ValueError(f"tokenizer={spec!r}: write bpe:<vocabulary size>, e.g. bpe:4096")
         return BPETokenizer.train_fast(corpus.train, int(size), special_tokens=["<|endoftext|>"])
     return load_tokenizer(spec)
-
 
 
 def _slug(text: str) -> str:
