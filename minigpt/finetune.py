@@ -350,8 +350,8 @@ class FinetuneConfig:
 
 def load_base(base: str, tokenizer: str = "auto"):
     """(model, tokenizer) of a base: a minigpt run or model folder, or GPT-2 (folder or name)."""
-    from minigpt.tokenizer import gpt2_tokenizer, load_tokenizer
     from minigpt.runs import load_run
+    from minigpt.tokenizer import gpt2_tokenizer, load_tokenizer
 
     path = Path(base)
     native = (path / "ckpt.pt").is_file() or (
