@@ -230,6 +230,15 @@ def test_every_prose_cell_is_translated_and_keeps_math_code_links_and_numbers(en
 
 
 @pytest.mark.parametrize("english", ENGLISH, ids=ids)
+def test_every_relative_link_of_a_chinese_notebook_resolves(english):
+    zh = zh_path(english)
+    for _, _, text in cell_pairs(english):
+        for target in anatomy(text)["targets"]:
+            if not re.match(r"^[a-z]+:|^#", target):
+                assert (zh.parent / target.split("#")[0]).exists(), f"{ids(english)}: {target}"
+
+
+@pytest.mark.parametrize("english", ENGLISH, ids=ids)
 def test_chinese_notebooks_are_valid_nbformat(english):
     nbformat.validate(nbformat.read(zh_path(english), as_version=4))
 

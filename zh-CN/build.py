@@ -132,7 +132,8 @@ def dump(notebook: dict) -> str:
 
 def repoint_links(text: str, english: Path) -> str:
     """Make relative links work from zh-CN/<folder>/: a notebook or the README goes to its
-    Chinese edition, anything else (a figure, a source file) to the file in the repository."""
+    Chinese edition, a figure to its Chinese variant (figures/zh-CN/) where there is one, and
+    anything else (a source file) to the file in the repository."""
     translated = {p.relative_to(ROOT).as_posix() for p in english_notebooks()} | {"README.md"}
     zh_dir = HERE / english.parent.name
 
@@ -145,6 +146,9 @@ def repoint_links(text: str, english: Path) -> str:
         if in_repo.startswith(".."):
             return match.group(0)
         goal = HERE / in_repo if in_repo in translated else ROOT / in_repo
+        localized = goal.parent / "zh-CN" / goal.name  # a figure drawn with Chinese labels
+        if localized.is_file():
+            goal = localized
         new = os.path.relpath(goal, zh_dir).replace(os.sep, "/") + (f"#{anchor}" if anchor else "")
         return match.group(1) + new + match.group(3)
 
