@@ -1,10 +1,12 @@
 """Draw the course's diagrams: `python notebooks/figures/draw.py [--out DIR]`.
 
 Each figure is one function below that draws on a `Canvas` (svgcanvas.py) and is listed once, in
-FIGURES; the SVG files are written next to this script unless --out names another folder. The
-output is plain SVG 1.1 and byte-identical on every run. Names set as `code` in a label are
-checked against minigpt, and the example sizes (GPT-2 small) come from GPTConfig's defaults, so
-a renamed module or a changed default shows up here instead of drifting silently.
+FIGURES; the SVG files are written next to this script unless --out names another folder. Every
+figure is drawn twice: `figure("en")` as written here, and `figure("zh-CN")` for the Chinese
+edition, into zh-CN/ below that folder, its labels translated by labels_zh.py. The output is plain
+SVG 1.1 and byte-identical on every run. Names set as `code` in a label are checked against
+minigpt, and the example sizes (GPT-2 small) come from GPTConfig's defaults, so a renamed module or
+a changed default shows up here instead of drifting silently.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # svgcanvas.py sits beside this script
 
-from svgcanvas import PALETTE, Canvas, tint  # noqa: E402
+import labels_zh  # noqa: E402
+from svgcanvas import FONT, FONT_CJK, PALETTE, Canvas, tint  # noqa: E402
 
 INK, MUTED, FAINT = PALETTE["ink"], PALETTE["muted"], PALETTE["faint"]
 Q, K, V = PALETTE["query"], PALETTE["key"], PALETTE["value"]
@@ -77,8 +80,18 @@ def lora_defaults() -> tuple[int, float]:
     return parameters["rank"].default, parameters["alpha"].default
 
 
-def new_canvas(name: str, width: int, height: int) -> Canvas:
-    return Canvas(name, width, height, known_names=code_names())
+# The languages every figure is drawn in: the folder below the output folder, how a label written
+# in English is shown, and the font stack. English labels are shown as written.
+LANGUAGES = {
+    "en": ("", str, FONT),
+    "zh-CN": ("zh-CN", labels_zh.translate, FONT_CJK),
+}
+
+
+def new_canvas(name: str, width: int, height: int, lang: str = "en") -> Canvas:
+    _, translate, font = LANGUAGES[lang]
+    return Canvas(name, width, height, known_names=code_names(), lang=lang, translate=translate,
+                  font=font)
 
 
 def title(c: Canvas, text: str, y: float = 26) -> None:
@@ -108,9 +121,9 @@ def softmax(scores: list[float]) -> list[float]:
 # ----------------------------------------------------------------------------- notebook 03
 
 
-def soft_lookup() -> Canvas:
+def soft_lookup(lang: str = "en") -> Canvas:
     """A query scored against four keys, softmax weights, and the weighted sum of values."""
-    c = new_canvas("soft_lookup", 780, 400)
+    c = new_canvas("soft_lookup", 780, 400, lang)
     title(c, "Soft look-up: one query q against keys k_{j} and values v_{j}   (eq. 3.2)")
     q = [2, 0, 1, 1]
     keys = [[2, 1, 0, 1], [0, 1, 1, -1], [1, 0, 2, 0], [-1, 2, 0, 0]]
@@ -157,10 +170,10 @@ def soft_lookup() -> Canvas:
     return c
 
 
-def causal_mask() -> Canvas:
+def causal_mask(lang: str = "en") -> Canvas:
     """Scores, the same scores with the future masked to −∞, and the lower-triangular weights."""
     T, cell = 5, 32
-    c = new_canvas("causal_mask", 760, 390)
+    c = new_canvas("causal_mask", 760, 390, lang)
     title(c, "The causal mask: query i may read keys j ≤ i   (eqs. 3.4, 3.5)")
     rng = random.Random(3)
     scores = [[round(rng.uniform(-2, 2), 1) for _ in range(T)] for _ in range(T)]
@@ -226,10 +239,10 @@ def bands(c: Canvas, x, y, labels, color, band=34, height=40, strength=0.3):
     c.rect(x, y, band * len(labels), height, "none", color, 1.6)
 
 
-def heads_split_merge() -> Canvas:
+def heads_split_merge(lang: str = "en") -> Canvas:
     """(B, T, C) -> qkv_proj -> heads -> attention per head -> concatenate -> out_proj."""
     h, band, tall = 4, 26, 40
-    c = new_canvas("heads_split_merge", 760, 700)
+    c = new_canvas("heads_split_merge", 760, 700, lang)
     title(c, "Multi-head attention: split into heads, attend, merge   (eqs. 4.1-4.4)")
     centre, note = 200, 410
     width = h * band
@@ -297,9 +310,10 @@ def heads_split_merge() -> Canvas:
     for y, text, color in notes:
         c.text(note, y, text, 13, color, anchor="start")
     size = gpt2_small()
-    c.text(20, 684, f"Drawn with h = {h}; GPT-2 small has n_embd = {size.n_embd}, n_head = "
-           f"{size.n_head}, head_dim = {size.head_dim} (GPTConfig defaults).", 12, MUTED,
-           anchor="start")
+    c.text(20, 684, c.tr("Drawn with h = {h}; GPT-2 small has n_embd = {n_embd}, n_head = "
+                         "{n_head}, head_dim = {head_dim} (GPTConfig defaults).", h=h,
+                         n_embd=size.n_embd, n_head=size.n_head, head_dim=size.head_dim),
+           12, MUTED, anchor="start")
     return c
 
 
@@ -319,21 +333,22 @@ def arc(c: Canvas, cx, cy, radius, start, end, color, width=1.3):
            stroke=color, width=width)
 
 
-def sinusoids_rope() -> Canvas:
+def sinusoids_rope(lang: str = "en") -> Canvas:
     """Sinusoidal pairs as clock hands at different speeds; RoPE rotating a query and a key."""
-    c = new_canvas("sinusoids_rope", 760, 430)
+    c = new_canvas("sinusoids_rope", 760, 430, lang)
     c.text(20, 28, "Sinusoidal encoding   (5.2)", 15, anchor="start", bold=True)
     c.text(20, 48, "each pair of features is a clock hand", 13, MUTED, anchor="start")
     dim, base, radius = 6, 10.0, 17
+    left = 118 if lang == "en" else 126  # the clocks, right of "pair i = 0"
     omegas = [base ** (-2 * i / dim) for i in range(dim // 2)]
     for p in range(6):
-        c.text(118 + 48 * p, 74, f"p = {p}", 12, MUTED)
+        c.text(left + 48 * p, 74, f"p = {p}", 12, MUTED)
     for i, omega in enumerate(omegas):
         cy = 108 + 60 * i
-        c.text(20, cy - 2, f"pair i = {i}", 13, anchor="start")
+        c.text(20, cy - 2, c.tr("pair i = {i}", i=i), 13, anchor="start")
         c.text(20, cy + 16, f"ω_{{{i}}} = {omega:.2f}", 12, MUTED, anchor="start")
         for p in range(6):
-            cx = 118 + 48 * p
+            cx = left + 48 * p
             c.circle(cx, cy, radius, tint(INK, 0.05), FAINT, 1.0)
             # PE(p, 2i) = sin(pω) across, PE(p, 2i+1) = cos(pω) up: p = 0 points straight up
             tip = polar(cx, cy, radius - 2, math.pi / 2 - p * omega)
@@ -345,8 +360,8 @@ def sinusoids_rope() -> Canvas:
     c.text(20, 342, "slow hands tell far positions apart.", 13, MUTED, anchor="start")
     c.text(20, 368, "p → p + k turns pair i by k ω_{i}, whatever p:", 13, anchor="start")
     c.text(20, 388, "PE(p + k) = M_{k} PE(p)   (5.3)", 13, anchor="start")
-    c.text(20, 410, f"drawn with d = {dim}, base = {base:g}; minigpt: base = "
-           f"{sinusoid_base():g}", 12, MUTED, anchor="start")
+    c.text(20, 410, c.tr("drawn with d = {d}, base = {base:g}; minigpt: base = {default:g}",
+                         d=dim, base=base, default=sinusoid_base()), 12, MUTED, anchor="start")
 
     c.line(392, 48, 392, 410, FAINT, 1.0)
     c.text(410, 28, "Rotary embedding, RoPE   (5.5, 5.6)", 15, anchor="start", bold=True)
@@ -400,9 +415,9 @@ def residual_branch(c: Canvas, stream_x, tap_y, join_y, boxes, box_x, box_w=128)
     c.plus(stream_x, join_y)
 
 
-def block_pre_post_ln() -> Canvas:
+def block_pre_post_ln(lang: str = "en") -> Canvas:
     """The transformer block with a straight residual stream, pre-LN beside post-LN."""
-    c = new_canvas("block_pre_post_ln", 760, 620)
+    c = new_canvas("block_pre_post_ln", 760, 620, lang)
     top, bottom = 86, 470
     for cx, pre in ((70, True), (450, False)):
         head = "pre-LN (GPT-2)" if pre else "post-LN (Vaswani et al., 2017)"
@@ -424,8 +439,11 @@ def block_pre_post_ln() -> Canvas:
             residual_branch(c, cx, 290, 380, [(310, 44, "FFN", "`mlp`", False)], bx)
             norm_box(c, cx - 32, 400, 64, 40, "LN_{2}", "`ln_2`")
         c.text(cx - 14, 282, "h", 14, anchor="end")
-    c.text(60, 182, "residual", 12, RESIDUAL, anchor="end")
-    c.text(60, 198, "stream", 12, RESIDUAL, anchor="end")
+    if lang == "en":
+        c.text(60, 182, "residual", 12, RESIDUAL, anchor="end")
+        c.text(60, 198, "stream", 12, RESIDUAL, anchor="end")
+    else:  # one short word
+        c.text(60, 190, "residual stream", 12, RESIDUAL, anchor="end")
 
     rows = [
         ("h = x + MHA(LN_{1}(x))", "h = LN_{1}(x + MHA(x))"),
@@ -447,9 +465,9 @@ def block_pre_post_ln() -> Canvas:
 # ----------------------------------------------------------------------------- notebook 07
 
 
-def gpt_stack() -> Canvas:
+def gpt_stack(lang: str = "en") -> Canvas:
     """Token ids through embeddings, n_layer blocks, ln_f and the tied head to logits."""
-    c = new_canvas("gpt_stack", 760, 690)
+    c = new_canvas("gpt_stack", 760, 690, lang)
     title(c, "The whole GPT: ids in, one score per vocabulary entry out   (eqs. 7.1-7.3)")
     cx, shape_x, eq_x = 250, 236, 450
     text = "def f("
@@ -512,10 +530,13 @@ def gpt_stack() -> Canvas:
     for y, label, color in notes:
         c.text(eq_x + 20, y, label, 13, color, anchor="start")
     size = gpt2_small()
-    c.text(20, 644, f"GPT-2 small (GPTConfig defaults): V = `vocab_size` = {size.vocab_size}, "
-           f"C = `n_embd` = {size.n_embd},", 12, MUTED, anchor="start")
-    c.text(20, 664, f"L = `n_layer` = {size.n_layer}, T ≤ `block_size` = {size.block_size}.  "
-           "Drawn: the bytes of \"def f(\" as ids (V = 256).", 12, MUTED, anchor="start")
+    c.text(20, 644, c.tr("GPT-2 small (GPTConfig defaults): V = `vocab_size` = {vocab_size}, "
+                         "C = `n_embd` = {n_embd},", vocab_size=size.vocab_size,
+                         n_embd=size.n_embd), 12, MUTED, anchor="start")
+    c.text(20, 664, c.tr("L = `n_layer` = {n_layer}, T ≤ `block_size` = {block_size}.  "
+                         "Drawn: the bytes of \"def f(\" as ids (V = 256).",
+                         n_layer=size.n_layer, block_size=size.block_size), 12, MUTED,
+           anchor="start")
     return c
 
 
@@ -545,9 +566,9 @@ def lr_inset(c: Canvas, x, y, w, h) -> None:
     c.text(x + w * 0.55, y + 8, "warm-up, then cosine   (8.3)", 12)
 
 
-def training_loop() -> Canvas:
+def training_loop(lang: str = "en") -> Canvas:
     """One optimiser step of the Trainer, and what happens every N steps."""
-    c = new_canvas("training_loop", 760, 520)
+    c = new_canvas("training_loop", 760, 520, lang)
     title(c, "The training loop: one optimiser step, repeated   (eqs. 8.1-8.4, 8.7)")
     row1, row2, bh = 76, 214, 58
     xs = (40, 262, 484)
@@ -603,9 +624,9 @@ def column(c: Canvas, x, y, color, new: bool, w=18, h=56, slots=4):
         c.line(x, y + k * h / slots, x + w, y + k * h / slots, tint(color, 0.5), 0.6)
 
 
-def kv_cache() -> Canvas:
+def kv_cache(lang: str = "en") -> Canvas:
     """Decoding step by step: the cache gains one key and one value column per token."""
-    c = new_canvas("kv_cache", 760, 560)
+    c = new_canvas("kv_cache", 760, 560, lang)
     title(c, "The KV cache: per step, q, k, v of the new token only   (eq. 9.8)")
     capacity, col = 6, 22
     rng = random.Random(9)
@@ -618,7 +639,7 @@ def kv_cache() -> Canvas:
     for row, t in enumerate((3, 4, 5)):
         top = 84 + 118 * row
         mid = top + 28
-        c.text(20, top - 4, f"step t = {t}", 12, MUTED, anchor="start")
+        c.text(20, top - 4, c.tr("step t = {t}", t=t), 12, MUTED, anchor="start")
         for j in range(t):
             new = j == t - 1
             c.rect(20 + j * col, mid - 11, col - 2, 22, tint(INK, 0.3 if new else 0.06), INK,
@@ -676,12 +697,12 @@ def matrix(c: Canvas, x, y, w, h, color, amount, name, shape, name_size=16):
     c.text(x + w / 2, y + h + 18, shape, 12, MUTED)
 
 
-def lora() -> Canvas:
+def lora(lang: str = "en") -> Canvas:
     """The frozen W beside the trainable low-rank pair B·A."""
     from minigpt.lora import DEFAULT_TARGETS
 
     rank, alpha = lora_defaults()
-    c = new_canvas("lora", 760, 540)
+    c = new_canvas("lora", 760, 540, lang)
     title(c, "LoRA: a frozen W plus a trainable low-rank update   (eqs. 10.3-10.5)")
     d, r = 150, 16  # d_in = d_out, drawn to scale against the rank
     top, low = 70, 336
@@ -735,9 +756,10 @@ def lora() -> Canvas:
     c.text(200, 462, "h = W x + (α/r) · B A x   (10.3)", 14, anchor="start")
     c.text(20, 488, "Trains r (d_{in} + d_{out}) numbers instead of d_{in} d_{out}   (10.4);  "
            "merged after training: W' = W + (α/r) B A   (10.5)", 12, MUTED, anchor="start")
-    targets = ", ".join(f"`{t}`" for t in DEFAULT_TARGETS)
-    c.text(20, 512, f"`LoRALinear` defaults: r = `rank` = {rank}, α = `alpha` = {alpha:g}; "
-           f"targets {targets}.  B = 0 at the start: h = Wx.", 12, MUTED, anchor="start")
+    targets = ("、" if lang == "zh-CN" else ", ").join(f"`{t}`" for t in DEFAULT_TARGETS)
+    c.text(20, 512, c.tr("`LoRALinear` defaults: r = `rank` = {rank}, α = `alpha` = {alpha:g}; "
+                         "targets {targets}.  B = 0 at the start: h = Wx.", rank=rank,
+                         alpha=alpha, targets=targets), 12, MUTED, anchor="start")
     return c
 
 
@@ -747,17 +769,19 @@ FIGURES = (soft_lookup, causal_mask, heads_split_merge, sinusoids_rope, block_pr
 
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for the SVG files")
+    parser.add_argument("--out", type=Path, default=HERE,
+                        help="folder for the SVG files (the Chinese ones go to its zh-CN/)")
     out = parser.parse_args(argv).out
-    out.mkdir(parents=True, exist_ok=True)
     written = []
-    for figure in FIGURES:
-        path = out / f"{figure.__name__}.svg"
-        path.write_bytes(figure().svg().encode("utf-8"))
-        written.append(path)
+    for lang, (folder, _, _) in LANGUAGES.items():
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for figure in FIGURES:
+            path = out / folder / f"{figure.__name__}.svg"
+            path.write_bytes(figure(lang).svg().encode("utf-8"))
+            written.append(path)
     return written
 
 
 if __name__ == "__main__":
     for path in main():
-        print(path.name)
+        print(path.name if path.parent.name != "zh-CN" else f"zh-CN/{path.name}")

@@ -5,18 +5,29 @@ rounded to 0.1 px and nothing depends on installed fonts or library versions. La
 markup: `code` is set in a monospace font, x_{i} is a subscript and W^{Q} a superscript.
 
 Every label's box is estimated from its characters (generously, for DejaVu Sans, the widest font
-of the stack), so `Canvas.overlapping_labels()` can tell when two labels would collide.
+of the stack; Chinese characters one em each), so `Canvas.overlapping_labels()` can tell when two
+labels would collide.
+
+A canvas can draw its figure in another language: `translate` maps each label as written in English
+to the one shown (draw.py passes labels_zh.translate for zh-CN), and `font` is the font stack.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
 FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
 MONO = "DejaVu Sans Mono, Menlo, Consolas, monospace"
+# The same stack with common Chinese fonts before the generic family, for the zh-CN figures: Latin
+# letters keep DejaVu Sans (or Helvetica, Arial) and Chinese characters fall back to the first
+# installed CJK font.
+FONT_CJK = ('DejaVu Sans, Helvetica, Arial, "PingFang SC", "Noto Sans CJK SC", '
+            '"Source Han Sans SC", "Microsoft YaHei", sans-serif')
 
 # One colour per idea, the same in every figure (Okabe-Ito hues, readable by colour-blind eyes).
 PALETTE = {
@@ -94,6 +105,8 @@ WIDE = set("mwMWω∑Σ⊕⊙")
 
 def char_width(ch: str, mono: bool) -> float:
     """Advance width of one character in em, an upper bound for DejaVu Sans (Mono)."""
+    if unicodedata.east_asian_width(ch) in ("W", "F"):
+        return 1.0  # Chinese characters and full-width punctuation, in any font
     if mono:
         return 0.61
     if ch in NARROW:
@@ -131,9 +144,23 @@ class Canvas:
     width: int
     height: int
     known_names: frozenset[str] = frozenset()
+    lang: str = "en"
+    translate: Callable[[str], str] = str  # English label -> the label shown
+    font: str = FONT
     parts: list[str] = field(default_factory=list)
     labels: list[tuple[float, float, float, float, str]] = field(default_factory=list)
     markers: dict[str, tuple[str, float]] = field(default_factory=dict)
+    translated: set[str] = field(default_factory=set)  # the English labels `translate` changed
+    boxed: list[tuple[int, float, float]] = field(default_factory=list)  # label index, box x0, x1
+
+    # --- language
+
+    def tr(self, template: str, **values) -> str:
+        """A label computed from values: "step t = {t}" translated first, then filled in."""
+        shown = self.translate(template)
+        if shown != template:
+            self.translated.add(template)
+        return shown.format(**values)
 
     # --- primitives
 
@@ -174,6 +201,10 @@ class Canvas:
     def text(self, x, y, label, size=14, color=PALETTE["ink"], anchor="middle", bold=False,
              italic=False):
         """A label with its baseline at y; anchor is start, middle or end."""
+        shown = self.translate(label)
+        if shown != label:
+            self.translated.add(label)
+            label = shown
         self._check_code_names(label)
         runs = parse_label(label)
         body, shift = [], 0
@@ -213,7 +244,9 @@ class Canvas:
         else:
             gap = (h - size - sub_size) / 3
             self.text(x + w / 2, y + gap + 0.8 * size, label, size, color)
+            self.boxed.append((len(self.labels) - 1, x, x + w))
             self.text(x + w / 2, y + h - gap - 0.2 * sub_size, sub, sub_size, PALETTE["muted"])
+        self.boxed.append((len(self.labels) - 1, x, x + w))
 
     def grid(self, x, y, rows, cols, cell, fills, stroke=PALETTE["faint"], outline=PALETTE["ink"],
              texts=None, size=11, text_colors=None):
@@ -246,6 +279,11 @@ class Canvas:
                     pairs.append((a[4], b[4]))
         return pairs
 
+    def labels_wider_than_their_box(self, padding: float = 3.0) -> list[str]:
+        """Labels drawn by `box()` whose estimated width leaves less than `padding` px each side."""
+        return [self.labels[i][4] for i, x0, x1 in self.boxed
+                if self.labels[i][0] < x0 + padding or self.labels[i][2] > x1 - padding]
+
     def labels_outside(self) -> list[str]:
         return [lab for x0, y0, x1, y1, lab in self.labels
                 if x0 < 0 or y0 < 0 or x1 > self.width or y1 > self.height]
@@ -256,7 +294,8 @@ class Canvas:
             '<?xml version="1.0" encoding="UTF-8"?>',
             "<!-- Drawn by notebooks/figures/draw.py: edit the script, not this file. -->",
             f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{w}" height="{h}"'
-            f' viewBox="0 0 {w} {h}" font-family={quoteattr(FONT)} xml:space="preserve">',
+            f' viewBox="0 0 {w} {h}" font-family={quoteattr(self.font)}'
+            + ("" if self.lang == "en" else f' xml:lang="{self.lang}"') + ' xml:space="preserve">',
         ]
         defs = [f'<marker id="{mid}" viewBox="0 0 10 10" refX="4" refY="5"'
                 f' markerUnits="userSpaceOnUse" markerWidth="{num(size)}"'
