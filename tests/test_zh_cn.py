@@ -9,7 +9,6 @@ glossary's one-term-per-concept rule is kept.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -39,8 +38,7 @@ def ids(english: Path) -> str:
     return english.relative_to(ROOT).as_posix()
 
 
-def load(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+load = BUILD.load
 
 
 def run_build(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess:
@@ -116,8 +114,7 @@ def edit_markdown(path: Path, index: int, change) -> None:
     cell = notebook["cells"][index]
     assert cell["cell_type"] == "markdown"
     cell["source"] = change("".join(cell["source"]))
-    path.write_text(json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n",
-                    encoding="utf-8")
+    path.write_text(BUILD.dump(notebook), encoding="utf-8")
 
 
 def first_prose_cell(path: Path) -> int:
@@ -151,8 +148,7 @@ def test_a_new_english_cell_is_reported_untranslated_until_synced_and_translated
         notebook = load(english)
         notebook["cells"].append(nbformat.v4.new_markdown_cell(
             "A wholly new paragraph about merges.", id="feedbeef"))
-        english.write_text(json.dumps(notebook, sort_keys=True, indent=1,
-                                      ensure_ascii=False) + "\n", encoding="utf-8")
+        english.write_text(BUILD.dump(notebook), encoding="utf-8")
         result = run_build("--check", root=copy_of_the_course)
         last = len(notebook["cells"]) - 1
         assert f"exercises/01_tokenization.ipynb cell {last}: no translation" in result.stdout

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -80,8 +81,8 @@ def read_translations(path: Path) -> dict[str, Entry]:
         if match:
             close()
             key, part, lines = match.group(1), "en", {"en": [], "zh": []}
-        elif ZH_MARK.match(line) and part == "en":
-            if ZH_MARK.match(line).group(1) != key:
+        elif (zh_match := ZH_MARK.match(line)) and part == "en":
+            if zh_match.group(1) != key:
                 sys.exit(f"{path}:{number}: '<!-- zh-CN KEY -->' must repeat the key {key} of "
                          "the English above it")
             part = "zh"
@@ -130,11 +131,16 @@ def dump(notebook: dict) -> str:
     return json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 
+@functools.cache
+def translated_paths() -> frozenset[str]:
+    """Repository paths that have a Chinese edition: every notebook, and the README."""
+    return frozenset(p.relative_to(ROOT).as_posix() for p in english_notebooks()) | {"README.md"}
+
+
 def repoint_links(text: str, english: Path) -> str:
     """Make relative links work from zh-CN/<folder>/: a notebook or the README goes to its
     Chinese edition, a figure to its Chinese variant (figures/zh-CN/) where there is one, and
     anything else (a source file) to the file in the repository."""
-    translated = {p.relative_to(ROOT).as_posix() for p in english_notebooks()} | {"README.md"}
     zh_dir = HERE / english.parent.name
 
     def repoint(match: re.Match) -> str:
@@ -145,7 +151,7 @@ def repoint_links(text: str, english: Path) -> str:
         in_repo = os.path.normpath((english.parent / path).relative_to(ROOT).as_posix())
         if in_repo.startswith(".."):
             return match.group(0)
-        goal = HERE / in_repo if in_repo in translated else ROOT / in_repo
+        goal = HERE / in_repo if in_repo in translated_paths() else ROOT / in_repo
         localized = goal.parent / "zh-CN" / goal.name  # a figure drawn with Chinese labels
         if localized.is_file():
             goal = localized
@@ -153,10 +159,6 @@ def repoint_links(text: str, english: Path) -> str:
         return match.group(1) + new + match.group(3)
 
     return LINK.sub(repoint, text)
-
-
-def split_lines(text: str) -> list[str]:
-    return text.splitlines(keepends=True)
 
 
 def build_notebook(english: Path, entries: dict[str, Entry]) -> tuple[str, list[int]]:
@@ -168,7 +170,8 @@ def build_notebook(english: Path, entries: dict[str, Entry]) -> tuple[str, list[
         if entry is None or not entry.chinese.strip():
             untranslated.append(index)
             continue
-        notebook["cells"][index]["source"] = split_lines(repoint_links(entry.chinese, english))
+        chinese = repoint_links(entry.chinese, english)
+        notebook["cells"][index]["source"] = chinese.splitlines(keepends=True)
     return dump(notebook), untranslated
 
 
@@ -196,8 +199,15 @@ def english_diff(old: str, new: str) -> str:
     return "\n".join("      " + line for line in lines)
 
 
-def used_keys(group: list[Path]) -> set[str]:
-    return {cell_key(source) for english in group for _, source in markdown_cells(load(english))}
+def english_sources(group: list[Path]) -> list[str]:
+    """The markdown cells of a translation file's notebooks, in order, each once."""
+    return list(dict.fromkeys(s for english in group for _, s in markdown_cells(load(english))))
+
+
+def stale_entries(entries: dict[str, Entry], sources: list[str]) -> dict[str, Entry]:
+    """Entries that translate none of these cells: what remains of an edited cell's English."""
+    keys = {cell_key(source) for source in sources}
+    return {key: entry for key, entry in entries.items() if key not in keys}
 
 
 def groups_by_translation_file(only: list[str] | None) -> dict[Path, list[Path]]:
@@ -211,7 +221,7 @@ def check(only: list[str] | None = None) -> list[str]:
     problems = []
     for tfile, group in groups_by_translation_file(only).items():
         entries = read_translations(tfile)
-        stale = {k: e for k, e in entries.items() if k not in used_keys(group)}
+        stale = stale_entries(entries, english_sources(group))
         for english in group:
             name = english.relative_to(ROOT).as_posix()
             for index, source in markdown_cells(load(english)):
@@ -247,8 +257,8 @@ def sync(only: list[str] | None = None) -> None:
     entry of a cell whose English changed stays beside it until it is deleted by hand."""
     for tfile, group in groups_by_translation_file(only).items():
         entries = read_translations(tfile)
-        sources = list(dict.fromkeys(s for e in group for _, s in markdown_cells(load(e))))
-        stale = {k: e for k, e in entries.items() if k not in {cell_key(s) for s in sources}}
+        sources = english_sources(group)
+        stale = stale_entries(entries, sources)
         ordered = []
         for source in sources:
             key = cell_key(source)
