@@ -107,13 +107,18 @@ def load_checkpoint(path, map_location="cpu", require=("model",)) -> dict:
     state = load_weights_file(path, map_location)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a minigpt training checkpoint (no 'model' entry)")
+    require_entries(state, path, require)
+    return state
+
+
+def require_entries(state: dict, path, require) -> None:
+    """A clear error when a loaded checkpoint lacks one of the `require`d entries."""
     missing = [key for key in require if key not in state]
     if missing:
         raise CheckpointError(
             f"{path} lacks {', '.join(map(repr, missing))}: it was not written by `minigpt "
             "train` (or is from an incompatible version); train again into a new out_dir"
         )
-    return state
 
 
 def load_weights_file(path, map_location="cpu"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from minigpt import platform
-from minigpt.checkpoint import CheckpointError, load_checkpoint
+from minigpt.checkpoint import CheckpointError, load_checkpoint, require_entries
 from minigpt.model import GPT, GPTConfig, load_weights
 from minigpt.train import CORPUS_CHANGED, TrainConfig, Trainer
 
@@ -24,7 +24,7 @@ from minigpt.train import CORPUS_CHANGED, TrainConfig, Trainer
 def load_run(out_dir, device="cpu"):
     """(model, tokenizer) of a training run folder (ckpt.pt) or of a saved model folder
     (config.json + model.safetensors, e.g. a finetune's output), in eval mode on `device`."""
-    from minigpt.tokenizer import load_tokenizer, tokenizer_from_dict
+    from minigpt.tokenizer import load_tokenizer
 
     out_dir = Path(out_dir)
     if out_dir.is_file():  # a nanoGPT ckpt.pt (minigpt's own runs are folders)
@@ -40,7 +40,22 @@ def load_run(out_dir, device="cpu"):
     if not has_checkpoint:
         raise FileNotFoundError(f"{out_dir} holds no checkpoint (ckpt.pt); train a model there "
                                 "first, e.g. `minigpt train out_dir=" + str(out_dir) + "`")
-    checkpoint = load_checkpoint(out_dir / "ckpt.pt", require=("model", "model_config"))
+    return _from_checkpoint(out_dir, _training_checkpoint(out_dir), device)
+
+
+def _training_checkpoint(out_dir: Path) -> dict | None:
+    """The checkpoint of a training run folder (ckpt.pt and no saved model), loaded once for
+    all that is read from it; None for any other folder or file."""
+    if out_dir.is_file() or (out_dir / "config.json").is_file() or not (
+            out_dir / "ckpt.pt").is_file():
+        return None
+    return load_checkpoint(out_dir / "ckpt.pt", require=("model", "model_config"))
+
+
+def _from_checkpoint(out_dir: Path, checkpoint: dict, device):
+    """(model, tokenizer) of a training run from its loaded checkpoint."""
+    from minigpt.tokenizer import load_tokenizer, tokenizer_from_dict
+
     try:
         model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
     except (TypeError, ValueError) as exc:
@@ -82,12 +97,15 @@ def evaluate_run(out_dir, split="val", max_batches=200, batch_size=16, device="a
         return evaluate_finetune(out_dir, split, max_batches, batch_size, device)
     from minigpt.data import load_meta
 
-    model, tokenizer = load_run(out_dir, device)
-    config = _evaluation_config(out_dir, dataset, model)
+    # a training run's checkpoint (weights of GPT-2 size: 1.5 GB) is read once, not per use
+    checkpoint = _training_checkpoint(out_dir)
+    model, tokenizer = (load_run(out_dir, device) if checkpoint is None
+                        else _from_checkpoint(out_dir, checkpoint, device))
+    config = _evaluation_config(out_dir, dataset, model, checkpoint)
     data_dir, _ = Trainer.prepare_data(config, tokenizer)
     notes = []
-    if dataset is None and out_dir.is_dir() and (out_dir / "ckpt.pt").is_file():
-        trained_on = load_checkpoint(out_dir / "ckpt.pt").get("data_fingerprint")
+    if dataset is None and checkpoint is not None:
+        trained_on = checkpoint.get("data_fingerprint")
         if trained_on and trained_on != load_meta(data_dir).get("fingerprint"):
             notes.append(f"{CORPUS_CHANGED}; this loss is over today's {split} split")
     sampler = SequentialSampler(load_tokens(data_dir, split), model.config.block_size,
@@ -107,12 +125,13 @@ def evaluate_run(out_dir, split="val", max_batches=200, batch_size=16, device="a
             "about": about, "notes": notes}
 
 
-def _evaluation_config(out_dir: Path, dataset: str | None, model: GPT) -> TrainConfig:
-    """The data settings to evaluate a folder's model with: its training run's, with `dataset`
-    swapped in when given; a saved model (no training run) needs `dataset`."""
-    if out_dir.is_dir() and (out_dir / "ckpt.pt").is_file() and not (
-            out_dir / "config.json").is_file():
-        saved = load_checkpoint(out_dir / "ckpt.pt", require=("model", "config"))["config"]
+def _evaluation_config(out_dir: Path, dataset: str | None, model: GPT,
+                       checkpoint: dict | None) -> TrainConfig:
+    """The data settings to evaluate a folder's model with: its training run's (from its
+    `checkpoint`), with `dataset` swapped in when given; a saved model needs `dataset`."""
+    if checkpoint is not None:
+        require_entries(checkpoint, out_dir / "ckpt.pt", ("config",))
+        saved = checkpoint["config"]
         try:
             config = TrainConfig.from_dict(saved)
         except (TypeError, ValueError) as exc:
