@@ -11,7 +11,6 @@ killed `prepare` goes on where it stopped and ends with the files an uninterrupt
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm  # the text bar: tqdm.auto needs ipywidgets in notebooks
 
-from minigpt.checkpoint import fsync_dir
+from minigpt.checkpoint import atomic_write_bytes, fsync_dir
 from minigpt.corpora import load_corpus
 from minigpt.document_encoding import DocumentEncoder, encoded_in_order, worker_count
 from minigpt.documents import Corpus
@@ -52,27 +51,6 @@ CHECKPOINT_SECONDS = 10.0  # at most this much work is redone after a kill (and 
 # partial versions, the manifests, the pre-shard token files, and temporary files of killed runs.
 _OWNED = re.compile(r"^(train|val)(\.\d+)?\.bin(\.partial)?$|^(meta|progress)\.json$")
 _TEMPORARY = re.compile(r"^\.(meta\.json|progress\.json|tokenizer\.json|tokenizer)\..+\.tmp$")
-
-
-@contextlib.contextmanager
-def _atomic_open(path: Path):
-    """Write a file in one step: a temp file in the same folder, fsync, then `os.replace`."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with _atomic_open(path) as f:
-        f.write(data)
 
 
 def _json_bytes(value) -> bytes:
@@ -141,7 +119,7 @@ class _Tokenizing:
                     "shard_tokens": self.shard_tokens, "position": self.position,
                     "units": self.units,
                     "splits": {split: w.state() for split, w in self.writers.items()}}
-        _atomic_write(self.folder / "progress.json", _json_bytes(progress))
+        atomic_write_bytes(self.folder / "progress.json", _json_bytes(progress))
 
     def add(self, encoded) -> bool:
         """Write one encoded task; True when the token budget is spent."""
@@ -340,9 +318,9 @@ def prepare(
     if run.writers["train"].tokens == 0:
         raise ValueError(f"corpus {corpus.name!r} produced no training tokens")
 
-    _atomic_write(out_dir / "tokenizer.json", tokenizer_json)
+    atomic_write_bytes(out_dir / "tokenizer.json", tokenizer_json)
     meta = _meta(corpus, tokenizer, separator, run, tokenizer_json)
-    _atomic_write(out_dir / "meta.json", _json_bytes(meta))
+    atomic_write_bytes(out_dir / "meta.json", _json_bytes(meta))
     (out_dir / "progress.json").unlink(missing_ok=True)
     fsync_dir(out_dir)
     return out_dir
